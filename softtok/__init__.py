@@ -1,0 +1,3 @@
+"""softtok: soft tokens for Hugging Face causal LMs."""
+
+__version__ = "0.1.0"

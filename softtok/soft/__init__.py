@@ -1,0 +1,44 @@
+"""The soft-token core: plain PyTorch, no Lightning."""
+
+from softtok.soft.embedding import (
+    SoftEmbedding,
+    SoftStep,
+    add_noise,
+    embed_dense,
+    embed_sparse,
+    embedding_rms,
+)
+from softtok.soft.filters import FilterConfig, entropy, filter_candidates, tempered_probs
+from softtok.soft.mixers import (
+    MIXERS,
+    DirichletMixer,
+    GumbelMixer,
+    HardMixer,
+    Mixer,
+    MixtureOfInputsMixer,
+    TopKMixer,
+    build_mixer,
+)
+from softtok.soft.token import SoftToken
+
+__all__ = [
+    "MIXERS",
+    "DirichletMixer",
+    "FilterConfig",
+    "GumbelMixer",
+    "HardMixer",
+    "Mixer",
+    "MixtureOfInputsMixer",
+    "SoftEmbedding",
+    "SoftStep",
+    "SoftToken",
+    "TopKMixer",
+    "add_noise",
+    "build_mixer",
+    "embed_dense",
+    "embed_sparse",
+    "embedding_rms",
+    "entropy",
+    "filter_candidates",
+    "tempered_probs",
+]

@@ -1,0 +1,117 @@
+"""Soft embedding: mix token embeddings through the model's own input embedding module.
+
+Going through the module (not its raw ``weight``) keeps model-specific scaling, such
+as Gemma's ``sqrt(D)`` factor, identical for hard and soft inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from softtok.soft.filters import FilterConfig, check_range, entropy, filter_candidates, tempered_probs
+from softtok.soft.mixers import HardMixer, Mixer
+from softtok.soft.token import SoftToken
+
+
+def embedding_scale(embedding: nn.Module) -> torch.Tensor | float:
+    """The factor the module applies on top of its weight rows (1 for a plain ``nn.Embedding``)."""
+    return getattr(embedding, "embed_scale", 1.0)
+
+
+def embed_sparse(embedding: nn.Module, soft: SoftToken) -> torch.Tensor:
+    """``sum_k w_k * embedding(id_k)`` for ``[B, K]`` components: ``[B, D]``, no ``[B, V]`` product."""
+    rows = embedding(soft.ids)  # [B, K, D]
+    return torch.bmm(soft.weights.to(rows.dtype)[:, None, :], rows)[:, 0]
+
+
+def embed_dense(embedding: nn.Module, probs: torch.Tensor) -> torch.Tensor:
+    """``probs @ E`` (times the module's scale) for dense ``[..., V]`` distributions (training paths)."""
+    weight = embedding.weight
+    scale = embedding_scale(embedding)
+    if torch.is_tensor(scale):
+        scale = scale.to(weight.dtype)
+    return (probs.to(weight.dtype) @ weight) * scale
+
+
+def embedding_rms(embedding: nn.Module) -> float:
+    """Per-coordinate root-mean-square of the (scaled) embedding matrix."""
+    weight = embedding.weight.detach().float()
+    return float(weight.pow(2).mean().sqrt() * float(embedding_scale(embedding)))
+
+
+def add_noise(embeds: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian exploration noise ``embeds + sigma * N(0, I)`` (identity for ``sigma == 0``)."""
+    return embeds if sigma == 0 else embeds + sigma * torch.randn_like(embeds)
+
+
+@dataclass(frozen=True)
+class SoftStep:
+    """One soft-token step.
+
+    Attributes:
+        token: The mixture fed to the model.
+        embeds: Its input embedding, ``[B, D]``, noise included.
+        entropy: Entropy of the tempered, unfiltered distribution, ``[B]``.
+    """
+
+    token: SoftToken
+    embeds: torch.Tensor
+    entropy: torch.Tensor
+
+
+class SoftEmbedding(nn.Module):
+    """The soft-token pipeline: logits -> filter -> mixer -> embedding -> noise.
+
+    Args:
+        embedding: The model's input embedding module (``model.get_input_embeddings()``).
+        filters: Temperature and top-k / top-p / min-p filters.
+        mixer: How filtered candidates become mixture weights.
+        noise_factor: Gaussian noise sigma as a multiple of the embedding RMS, >= 0.
+        compile: Run filter + mixer and the weighted sum under ``torch.compile``.
+
+    Example:
+        >>> soft = SoftEmbedding(model.get_input_embeddings(), FilterConfig(0.6, 30, 0.95), TopKMixer(10))
+        >>> step = soft(logits[:, -1])   # step.embeds: [B, D]
+    """
+
+    def __init__(
+        self,
+        embedding: nn.Module,
+        filters: FilterConfig,
+        mixer: Mixer,
+        noise_factor: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        check_range("noise_factor", noise_factor, 0.0, float("inf"))
+        vocab = embedding.weight.shape[0]
+        for name, k in (("max_topk", mixer.max_topk), ("top_k", filters.top_k)):
+            if k > vocab:
+                raise ValueError(f"{name}={k} exceeds the vocabulary size {vocab}")
+        if isinstance(mixer, HardMixer) and mixer.sample and mixer.vocab_size != vocab:
+            raise ValueError(f"HardMixer vocab_size={mixer.vocab_size} != embedding vocabulary {vocab}")
+        self.embedding = embedding
+        self.filters = filters
+        self.mixer = mixer
+        self.sigma = noise_factor * embedding_rms(embedding) if noise_factor else 0.0
+        self._mix = torch.compile(self.mix_logits, dynamic=False) if compile else self.mix_logits
+        self._embed = torch.compile(self.embed, dynamic=False) if compile else self.embed
+
+    def mix_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Filter and mix ``[B, V]`` logits; returns ``(ids, weights, entropy)``."""
+        probs = tempered_probs(logits, self.filters.temperature)
+        cand = filter_candidates(probs, self.filters)
+        ids, weights = self.mixer(cand.ids, cand.weights)
+        return ids, weights, entropy(probs)
+
+    def embed(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Noisy soft embedding of the components ``[B, K]``."""
+        return add_noise(embed_sparse(self.embedding, SoftToken(ids, weights)), self.sigma)
+
+    def forward(self, logits: torch.Tensor) -> SoftStep:
+        """Turn next-token logits ``[B, V]`` into the next input embedding."""
+        ids, weights, ent = self._mix(logits)
+        return SoftStep(SoftToken(ids, weights), self._embed(ids, weights), ent)
