@@ -1,0 +1,49 @@
+"""The prefill contract between the generator and anything that prepends soft tokens.
+
+The generator builds a :class:`Prefill` for the prompt batch, runs it once with the
+KV cache, then decodes one token per step. A soft prompt implements
+:class:`PrefillBuilder` to place its virtual tokens (as embeddings, or as KV prefixes
+in the cache) without the generator knowing which kind it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import Cache, DynamicCache, PreTrainedModel
+
+
+@dataclass
+class Prefill:
+    """Everything the first forward pass needs.
+
+    Attributes:
+        inputs_embeds: ``[B, T, D]`` input embeddings (left-padded rows).
+        attention_mask: ``[B, L]`` mask over cache + inputs (``L = T`` + cached prefix length).
+        position_ids: ``[B, T]`` positions of the inputs.
+        cache: The KV cache to extend (may already hold prefix keys/values).
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    cache: Cache
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding gets 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class PrefillBuilder(Protocol):
+    """Builds the :class:`Prefill` for a batch of left-padded prompts."""
+
+    def __call__(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefill: ...
+
+
+def plain_prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefill:
+    """The prefill of a model with no soft prompt."""
+    embeds = model.get_input_embeddings()(input_ids)
+    return Prefill(embeds, attention_mask, positions_from_mask(attention_mask), DynamicCache(config=model.config))
