@@ -1,0 +1,17 @@
+"""Batched generation with soft tokens: the Soft Thinking decode loop and its configuration."""
+
+from softtok.generation.config import MODES, GenerationConfig
+from softtok.generation.generator import GenerationResult, SoftThinkingGenerator, js_divergence
+from softtok.generation.prefill import Prefill, PrefillBuilder, plain_prefill, positions_from_mask
+
+__all__ = [
+    "MODES",
+    "GenerationConfig",
+    "GenerationResult",
+    "Prefill",
+    "PrefillBuilder",
+    "SoftThinkingGenerator",
+    "js_divergence",
+    "plain_prefill",
+    "positions_from_mask",
+]

@@ -1,0 +1,114 @@
+"""Configuration of the Soft Thinking generator, validated before any model work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from softtok.soft.filters import FilterConfig, check_range
+
+#: Thinking modes and the mixer each one uses.
+MODES = {
+    "discrete": "hard",  # ordinary CoT: greedy at temperature 0, else sampled (the baseline)
+    "soft": "topk",  # vanilla Soft Thinking
+    "dirichlet": "dirichlet",  # Dirichlet-resampled Soft Thinking
+    "gumbel": "gumbel",  # Gumbel-Softmax Soft Thinking
+    "moi": "moi",  # Mixture of Inputs
+}
+
+
+@dataclass
+class GenerationConfig:
+    """Soft Thinking generation settings (defaults follow the paper's recommendations).
+
+    Attributes:
+        mode: ``discrete``, ``soft``, ``dirichlet``, ``gumbel`` or ``moi``.
+        temperature: Thinking temperature (0 = greedy; only ``discrete`` allows 0).
+        top_k: Thinking top-k filter (0 disables).
+        top_p: Thinking nucleus filter in (0, 1].
+        min_p: Thinking min-p filter in [0, 1].
+        max_topk: Mixture components per concept token.
+        alpha: Dirichlet concentration scale (``dirichlet``).
+        tau: Gumbel-Softmax temperature (``gumbel``).
+        beta: Sampled-token weight (``moi``).
+        noise_factor: Gaussian embedding noise, as a multiple of the embedding RMS.
+        think_end: String that ends thinking when it appears in the top-1 text stream.
+        max_think_tokens: Thinking budget; then ``think_end`` is forced.
+        cold_stop_entropy: Cold Stop entropy threshold in nats (0 = off).
+        cold_stop_length: Consecutive low-entropy steps that trigger Cold Stop.
+        answer_temperature: Answer-phase temperature (0 = greedy).
+        answer_top_k: Answer-phase top-k (0 disables).
+        answer_top_p: Answer-phase nucleus filter.
+        answer_min_p: Answer-phase min-p filter.
+        max_answer_tokens: Answer budget.
+        stop_strings: Strings that end the answer (EOS always does).
+        probe: Also feed the top-1 and top-2 one-hot inputs at each soft step and record the
+            Jensen-Shannon divergence of their next-token distributions to the soft input's.
+        return_topk: Record each concept token's ids and weights.
+        compile: Run the mixing layers under ``torch.compile``.
+    """
+
+    mode: str = "soft"
+    temperature: float = 0.6
+    top_k: int = 30
+    top_p: float = 0.95
+    min_p: float = 0.001
+    max_topk: int = 10
+    alpha: float = 4.0
+    tau: float = 0.5
+    beta: float = 1.0
+    noise_factor: float = 0.0
+    think_end: str = "</think>"
+    max_think_tokens: int = 256
+    cold_stop_entropy: float = 0.0
+    cold_stop_length: int = 256
+    answer_temperature: float = 0.0
+    answer_top_k: int = 0
+    answer_top_p: float = 1.0
+    answer_min_p: float = 0.0
+    max_answer_tokens: int = 64
+    stop_strings: list[str] = field(default_factory=list)
+    probe: bool = False
+    return_topk: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is unknown; allowed: {', '.join(MODES)}")
+        if self.mode != "discrete" and self.temperature == 0:
+            raise ValueError(f"temperature=0 is only allowed in mode 'discrete' (mode={self.mode!r}); use > 0")
+        for name in ("max_think_tokens", "cold_stop_length"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
+        if int(self.max_answer_tokens) != self.max_answer_tokens or self.max_answer_tokens < 0:
+            raise ValueError(f"max_answer_tokens={self.max_answer_tokens!r} must be an integer >= 0")
+        if not self.think_end:
+            raise ValueError("think_end='' is empty; give the string that ends thinking, e.g. '</think>'")
+        if self.probe and (self.mode == "discrete" or self.max_topk < 2):
+            raise ValueError(f"probe=True needs a soft mode with max_topk >= 2 (mode={self.mode!r}, "
+                             f"max_topk={self.max_topk})")
+        check_range("cold_stop_entropy", self.cold_stop_entropy, 0.0, float("inf"))
+        check_range("noise_factor", self.noise_factor, 0.0, float("inf"))
+        self.thinking_filters  # validates the filter values
+        self.answer_filters
+
+    @property
+    def thinking_filters(self) -> FilterConfig:
+        """The thinking-phase filters."""
+        return FilterConfig(self.temperature, self.top_k, self.top_p, self.min_p)
+
+    @property
+    def answer_filters(self) -> FilterConfig:
+        """The answer-phase filters."""
+        return FilterConfig(self.answer_temperature, self.answer_top_k, self.answer_top_p, self.answer_min_p)
+
+    @property
+    def mixer_kwargs(self) -> dict:
+        """Constructor arguments of the thinking mixer."""
+        return {
+            "soft": {"max_topk": self.max_topk},
+            "dirichlet": {"max_topk": self.max_topk, "alpha": self.alpha},
+            "gumbel": {"max_topk": self.max_topk, "tau": self.tau},
+            "moi": {"max_topk": self.max_topk, "beta": self.beta},
+            "discrete": {"sample": self.temperature > 0},
+        }[self.mode]
