@@ -10,14 +10,25 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningCLI
 
 
-def main(args: list[str] | None = None) -> None:
-    """Run the CLI (``args`` defaults to ``sys.argv[1:]``)."""
-    LightningCLI(
+def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Build (and by default run) the CLI; returns it, so tests and notebooks can inspect the trainer.
+
+    Args:
+        args: Command-line arguments (``sys.argv[1:]`` when ``None``).
+        run: Run the subcommand; with ``False`` only parse and instantiate.
+    """
+    return LightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
+
+
+def main() -> None:
+    """Console entry point of ``softtok``."""
+    cli()
 
 
 if __name__ == "__main__":

@@ -89,8 +89,11 @@ class GenerationConfig:
                              f"max_topk={self.max_topk})")
         check_range("cold_stop_entropy", self.cold_stop_entropy, 0.0, float("inf"))
         check_range("noise_factor", self.noise_factor, 0.0, float("inf"))
-        self.thinking_filters  # validates the filter values
-        self.answer_filters
+        _ = self.thinking_filters  # builds (and so validates) both filter sets
+        try:
+            _ = self.answer_filters
+        except ValueError as err:
+            raise ValueError(f"answer_{err}") from None
 
     @property
     def thinking_filters(self) -> FilterConfig:

@@ -1,0 +1,11 @@
+"""torchmetrics for reasoning evaluation: pass@k and Soft Thinking summary numbers.
+
+All metrics keep per-sample rows in ``dist_reduce_fx="cat"`` states, so they sync
+across DDP ranks. For single running means (e.g. a reward) use
+:class:`torchmetrics.MeanMetric` directly.
+"""
+
+from softtok.metrics.passk import PassAtK, pass_at_k
+from softtok.metrics.soft_thinking import THINK_ENDS, SoftThinkingMetrics
+
+__all__ = ["pass_at_k", "PassAtK", "SoftThinkingMetrics", "THINK_ENDS"]

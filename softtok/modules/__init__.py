@@ -1,0 +1,5 @@
+"""LightningModules: thin wrappers that connect softtok's PyTorch core to the Trainer."""
+
+from softtok.modules.soft_thinking import DEFAULT_SYSTEM_PROMPT, SoftThinkingModule
+
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "SoftThinkingModule"]
