@@ -20,7 +20,8 @@ def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     return LightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
+        # Write no config.yaml into the working directory; `--print_config` shows the resolved config.
+        save_config_callback=None,
         args=args,
         run=run,
     )

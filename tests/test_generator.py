@@ -140,7 +140,8 @@ def test_random_modes_reproducible_with_seed(mode, tokenizer):
     outs = []
     for _ in range(2):
         torch.manual_seed(3)
-        outs.append([r.think_ids + r.answer_ids for r in SoftThinkingGenerator(model, tokenizer, cfg).generate(PROMPTS)])
+        results = SoftThinkingGenerator(model, tokenizer, cfg).generate(PROMPTS)
+        outs.append([r.think_ids + r.answer_ids for r in results])
     assert outs[0] == outs[1]
 
 
@@ -152,6 +153,7 @@ def test_random_modes_reproducible_with_seed(mode, tokenizer):
         (dict(mode="beam"), "mode='beam' is unknown"),
         (dict(temperature=-1.0), "temperature=-1.0"),
         (dict(top_p=1.5), "top_p=1.5"),
+        (dict(answer_temperature=-0.5), "answer_temperature=-0.5"),
         (dict(probe=True, mode="discrete", temperature=0.0), "probe=True"),
     ],
 )

@@ -13,9 +13,9 @@ from softtok.metrics.passk import cat_state, first_occurrences, pass_at_k_table,
 
 __all__ = ["SoftThinkingMetrics", "THINK_ENDS"]
 
-#: How the thinking phase of a sample ended, in code order: the model wrote the
+#: How the thinking phase of a sample ended, in code order (the model wrote the
 #: end-of-thinking marker, Cold Stop fired (low entropy for long enough), the thinking
-#: budget ran out, or the model stopped (EOS) while still thinking.
+#: budget ran out, or the model stopped (EOS) while still thinking).
 THINK_ENDS: tuple[str, ...] = ("think_end", "cold_stop", "budget", "eos")
 
 _REQUIRED = ("problem", "correct", "think_tokens", "answer_tokens", "think_end")

@@ -18,7 +18,7 @@ from softtok.generation import GenerationConfig, GenerationResult, SoftThinkingG
 from softtok.metrics import SoftThinkingMetrics
 from softtok.models import DEFAULT_MODEL, load_model
 
-#: The system prompt for chat models without thinking markers (SmolLM2): reasoning first,
+#: The system prompt for chat models without thinking markers (SmolLM2), reasoning first,
 #: then a ``Final answer:`` line, which is the default ``think_end`` of the recipes.
 DEFAULT_SYSTEM_PROMPT = "Solve the problem. Think step by step, then end with a line 'Final answer: <answer>'."
 

@@ -97,8 +97,10 @@ class SoftEmbedding(nn.Module):
         self.filters = filters
         self.mixer = mixer
         self.sigma = noise_factor * embedding_rms(embedding) if noise_factor else 0.0
-        self._mix = torch.compile(self.mix_logits, dynamic=False) if compile else self.mix_logits
-        self._embed = torch.compile(self.embed, dynamic=False) if compile else self.embed
+        # dynamic=None: the first change of batch size (rows finishing in the generator) recompiles
+        # once with a symbolic batch dimension, instead of once per size up to the recompile limit.
+        self._mix = torch.compile(self.mix_logits, dynamic=None) if compile else self.mix_logits
+        self._embed = torch.compile(self.embed, dynamic=None) if compile else self.embed
 
     def mix_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Filter and mix ``[B, V]`` logits; returns ``(ids, weights, entropy)``."""

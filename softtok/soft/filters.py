@@ -52,15 +52,22 @@ class FilterConfig:
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """``softmax(logits / T)`` in fp32; ``T == 0`` gives the argmax one-hot.
 
-    Rows that are entirely ``-inf`` (or NaN) become uniform instead of NaN.
+    NaN logits count as ``-inf`` (no mass); ``+inf`` ones share the mass. Rows that are
+    entirely ``-inf`` (or NaN) become uniform instead of NaN.
     """
     logits = logits.float()
+    # nan_to_num's default would turn -inf into the lowest finite float, which a T < 1 then
+    # overflows back to -inf; keep -inf explicit so all-(-inf) rows are detected below.
     if temperature == 0:
+        logits = torch.nan_to_num(logits, nan=float("-inf"), neginf=float("-inf"))
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    logits = torch.nan_to_num(logits, nan=float("-inf"))
+    # Divide first, then clamp +inf to the largest float so the softmax's max-subtraction stays finite.
+    logits = torch.nan_to_num(
+        logits / temperature, nan=float("-inf"), posinf=torch.finfo(torch.float32).max, neginf=float("-inf")
+    )
     dead = torch.isneginf(logits).all(-1, keepdim=True)
     logits = torch.where(dead, torch.zeros_like(logits), logits)
-    return torch.softmax(logits / temperature, dim=-1)
+    return torch.softmax(logits, dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
