@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import (
@@ -104,6 +106,34 @@ def model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _check_available(name: str, path: str) -> None:
+    """Fail fast (seconds, not the hub client's retries) when a model cannot be loaded."""
+    offline_hint = f"Offline, use the embedded default {DEFAULT_MODEL!r} or a local folder saved with save_pretrained."
+    if os.path.isdir(path):
+        return
+    if path.startswith((".", "/", "~")) or os.sep in path.strip("/").replace("/", "", 1):
+        raise FileNotFoundError(f"model folder {name!r} does not exist. {offline_hint}")
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True)  # already in the HF cache
+        return
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise FileNotFoundError(f"model {name!r} is not in the local Hugging Face cache and the hub is not "
+                                f"reachable. {offline_hint}")
+
+
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Left padding and a pad token (EOS when the model has none), as batched generation needs."""
     tokenizer.padding_side = "left"
@@ -133,14 +163,7 @@ def load_model(
     """
     dtype = resolve_dtype(dtype)
     path = model_path(name_or_path)
-    try:
-        AutoConfig.from_pretrained(path)
-    except OSError as err:
-        raise FileNotFoundError(
-            f"cannot load model {name_or_path!r}: not a local folder and not reachable on the hub "
-            f"({type(err).__name__}). Offline, use the embedded default {DEFAULT_MODEL!r} "
-            f"or a local folder saved with save_pretrained."
-        ) from None
+    _check_available(name_or_path, path)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if model.generation_config.pad_token_id is None:

@@ -205,6 +205,7 @@ class SoftThinkingGenerator:
                     if res.think_tokens >= cfg.max_think_tokens or row.low_entropy >= cfg.cold_stop_length:
                         res.think_end = "budget" if res.think_tokens >= cfg.max_think_tokens else "cold_stop"
                         row.phase, row.forced = FORCED, list(self.think_end_ids)
+                        keep[i] = cfg.max_answer_tokens > 0  # no answer wanted: no need to feed think_end
                         continue
                     if top1[j] in self.eos_ids:
                         res.think_end, keep[i] = "eos", False
