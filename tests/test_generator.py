@@ -160,3 +160,13 @@ def test_random_modes_reproducible_with_seed(mode, tokenizer):
 def test_bad_config_is_a_clear_error(kwargs, match, tokenizer):
     with pytest.raises(ValueError, match=match):
         SoftThinkingGenerator(tiny_model("llama"), tokenizer, GenerationConfig(**kwargs))
+
+
+def test_custom_mixer_overrides_the_mode(tokenizer):
+    from softtok.soft import TopKMixer
+
+    model = tiny_model("llama")
+    expected = hf_tokens(model, tokenizer, PROMPTS, do_sample=False)
+    cfg = GenerationConfig(mode="soft", max_topk=10, max_think_tokens=N, max_answer_tokens=N)
+    results = SoftThinkingGenerator(model, tokenizer, cfg, mixer=TopKMixer(1)).generate(PROMPTS)
+    assert [(r.think_ids + r.answer_ids)[:N] for r in results] == expected

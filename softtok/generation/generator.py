@@ -25,7 +25,7 @@ from softtok.generation.config import MODES, GenerationConfig
 from softtok.generation.prefill import PrefillBuilder, plain_prefill
 from softtok.soft.embedding import SoftEmbedding
 from softtok.soft.filters import filter_candidates, tempered_probs
-from softtok.soft.mixers import HardMixer, build_mixer
+from softtok.soft.mixers import HardMixer, Mixer, build_mixer
 
 THINK, FORCED, ANSWER = 0, 1, 2
 
@@ -91,6 +91,8 @@ class SoftThinkingGenerator:
         model: A causal LM (eval mode).
         tokenizer: Its tokenizer.
         config: Generation settings.
+        mixer: A custom thinking mixer (any :class:`~softtok.soft.Mixer`); overrides the one the
+            config's ``mode`` selects, keeping the config's filters, noise and budgets.
 
     Raises:
         ValueError: If ``config.think_end`` cannot be encoded by the tokenizer.
@@ -101,7 +103,11 @@ class SoftThinkingGenerator:
     """
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerationConfig | None = None
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: GenerationConfig | None = None,
+        mixer: Mixer | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -120,7 +126,7 @@ class SoftThinkingGenerator:
         self.soft = SoftEmbedding(
             embedding,
             config.thinking_filters,
-            build_mixer(MODES[config.mode], **mixer_kwargs),
+            mixer or build_mixer(MODES[config.mode], **mixer_kwargs),
             noise_factor=config.noise_factor,
             compile=config.compile,
         )
