@@ -98,8 +98,9 @@ def main() -> None:
                     times[key].append(timed(fn, prompts))
             tps = {k: batch * opts.tokens / statistics.median(v) for k, v in times.items()}
             for key in variants:
+                median = statistics.median(times[key])
                 print(json.dumps({"batch": batch, "variant": key, "tokens": opts.tokens,
-                                  "median_s": round(statistics.median(times[key]), 3), "tok_per_s": round(tps[key], 1)}))
+                                  "median_s": round(median, 3), "tok_per_s": round(tps[key], 1)}))
             summary[f"b{batch}_soft_vs_hf"] = round(tps["softtok_soft"] / tps["hf_greedy"], 3)
             summary[f"b{batch}_soft_vs_discrete"] = round(tps["softtok_soft"] / tps["softtok_discrete"], 3)
             summary[f"b{batch}_gumbel_vs_hf"] = round(tps["softtok_gumbel"] / tps["hf_greedy"], 3)
