@@ -1,5 +1,6 @@
-"""LightningDataModules yielding raw reasoning problems (reasoning-gym tasks, JSONL files)."""
+"""LightningDataModules: reasoning problems as raw records, instruction/answer pairs for prompt training."""
 
+from softtok.data.instruct import InstructDataModule
 from softtok.data.reasoning import FORMATS, ReasoningDataModule, RecordDataset
 
-__all__ = ["ReasoningDataModule", "RecordDataset", "FORMATS"]
+__all__ = ["FORMATS", "InstructDataModule", "ReasoningDataModule", "RecordDataset"]

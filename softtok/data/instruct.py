@@ -9,9 +9,11 @@ stop) follow, and only they carry labels. A batch holds both views of each examp
 * ``prompt_ids`` / ``prompt_mask``: the prompt alone, left-padded (generation);
 * ``answers`` and ``records``: reference strings and the raw records (scoring).
 
-reasoning-gym splits come from three seeds (``seed``, ``seed + 1``, ``seed + 2`` for
-train / validation / test); validation and test questions that also occur in the
-training split are dropped, so the held-out splits are really held out.
+reasoning-gym splits come from three seeds, ``seed + k * SPLIT_STRIDE`` for train /
+validation / test (``k = 0, 1, 2``). The stride is large on purpose: reasoning-gym draws
+problem ``i`` from ``Random(seed + i)``, so neighbouring seeds give the same problems
+shifted by one. Validation and test questions that also occur in the training split are
+dropped (small task spaces repeat questions), so the held-out splits are really held out.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from softtok.answers import check_answer
 IGNORE_INDEX = -100
 SOURCES = ("reasoning_gym", "jsonl")
 SPLITS = ("train", "val", "test")
+#: Seed distance between splits (> any split size, so the problem streams never overlap).
+SPLIT_STRIDE = 1_000_003
 
 
 class ListDataset(Dataset):
@@ -95,8 +99,8 @@ class InstructDataModule(LightningDataModule):
         train_size: Training problems (reasoning-gym).
         val_size: Validation problems (reasoning-gym).
         test_size: Test problems (reasoning-gym).
-        seed: Split seed: train ``seed``, validation ``seed + 1``, test ``seed + 2``; also the
-            shuffle seed.
+        seed: Split seed: train ``seed``, validation ``seed + SPLIT_STRIDE``, test
+            ``seed + 2 * SPLIT_STRIDE``; also the shuffle seed.
         train_file: JSONL training file (``source="jsonl"``).
         val_file: JSONL validation file (optional).
         test_file: JSONL test file (optional).
@@ -145,6 +149,8 @@ class InstructDataModule(LightningDataModule):
                                  ("max_length", max_length, 2), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0)):
             _check_int(name, value, low)
+        if max(train_size, val_size, test_size) * 2 >= SPLIT_STRIDE:
+            raise ValueError(f"split sizes must stay below {SPLIT_STRIDE // 2}")
         if eval_batch_size is not None:
             _check_int("eval_batch_size", eval_batch_size, 1)
         if source == "jsonl":
@@ -193,7 +199,7 @@ class InstructDataModule(LightningDataModule):
         # Generate extra problems so that dropping the ones seen in training still leaves `size`.
         extra = size if exclude else 0
         module = ReasoningDataModule(task=self.task, task_config=self.task_config or None, size=size + extra,
-                                     seed=self.seed + offset)
+                                     seed=self.seed + offset * SPLIT_STRIDE)
         records = [r for r in module.records if r["question"] not in exclude][:size]
         self._scorers[split] = module
         return records

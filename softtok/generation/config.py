@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from softtok.soft.filters import FilterConfig, check_range
 
@@ -16,7 +16,7 @@ MODES = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     """Soft Thinking generation settings (defaults follow the paper's recommendations).
 
@@ -66,7 +66,7 @@ class GenerationConfig:
     answer_top_p: float = 1.0
     answer_min_p: float = 0.0
     max_answer_tokens: int = 64
-    stop_strings: list[str] = field(default_factory=list)
+    stop_strings: tuple[str, ...] = ()
     probe: bool = False
     return_topk: bool = False
     compile: bool = False

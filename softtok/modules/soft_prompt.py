@@ -11,6 +11,7 @@ method and shapes (``softtok_prompt``), so they are small, load with
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ from softtok.prompts.config import PromptConfig, PromptTuningConfig, config_from
 from softtok.prompts.generate import eos_ids, greedy_generate
 
 MATCHES = ("extract", "exact")
+# The (model, tokenizer) handed to `from_model`, read once by __init__ (keeps them out of the CLI's arguments).
+_PRELOADED: ContextVar[tuple[PreTrainedModel, PreTrainedTokenizerBase] | None] = ContextVar("preloaded", default=None)
 
 
 class SoftPromptModule(LightningModule):
@@ -43,8 +46,8 @@ class SoftPromptModule(LightningModule):
         match: ``"extract"``: extract the final answer (``softtok.answers.extract_answer``) and
             check it (the datamodule's scorer if it has one, else ``check_answer``).
             ``"exact"``: the whole stripped generation must equal the reference.
-        base_model: An already loaded ``(model, tokenizer)`` pair to use instead of loading
-            ``model`` (research code and tests; not a config key).
+
+    Use :meth:`from_model` to wrap an already loaded model (research code, tests).
 
     Raises:
         ValueError: Bad values, before the model is loaded.
@@ -60,7 +63,6 @@ class SoftPromptModule(LightningModule):
         warmup_steps: int = 0,
         max_new_tokens: int = 16,
         match: str = "extract",
-        base_model: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
     ) -> None:
         super().__init__()
         prompt = PromptTuningConfig() if prompt is None else prompt
@@ -79,8 +81,9 @@ class SoftPromptModule(LightningModule):
         if match not in MATCHES:
             raise ValueError(f"match={match!r} is not allowed; allowed: {', '.join(MATCHES)}")
         # Plain types only in hparams, so checkpoints load with weights_only=True.
-        self.save_hyperparameters(ignore=["prompt", "base_model"])
+        self.save_hyperparameters(ignore=["prompt"])
         self.hparams["prompt"] = prompt.to_dict()
+        base_model = _PRELOADED.get()
         if base_model is None:
             from softtok.models import load_model
 
@@ -97,6 +100,25 @@ class SoftPromptModule(LightningModule):
         # Missing base-model keys are expected when loading: checkpoints hold the prompt only.
         self.strict_loading = False
         self.val_em, self.test_em = MeanMetric(), MeanMetric()
+
+    @classmethod
+    def from_model(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt: PromptConfig | None = None,
+        **kwargs: Any,
+    ) -> SoftPromptModule:
+        """Wrap an already loaded ``model`` / ``tokenizer`` instead of loading one by name.
+
+        ``kwargs`` are the other constructor arguments; ``model`` in the hyperparameters
+        becomes the model's ``name_or_path``.
+        """
+        token = _PRELOADED.set((model, tokenizer))
+        try:
+            return cls(prompt, model=kwargs.pop("model", model.name_or_path or "preloaded"), **kwargs)
+        finally:
+            _PRELOADED.reset(token)
 
     def train(self, mode: bool = True) -> SoftPromptModule:
         """Train mode for the prompt; the frozen base model stays in eval mode (no dropout)."""
@@ -181,6 +203,6 @@ class SoftPromptModule(LightningModule):
         if expected != found:
             raise ValueError(f"checkpoint prompt weights {sorted(found)} != this prompt's {sorted(expected)}")
         for key, value in self.prompt.state_dict().items():
-            if tuple(checkpoint["state_dict"][PREFIX + key].shape) != tuple(value.shape):
-                raise ValueError(f"checkpoint {PREFIX + key} has shape {tuple(checkpoint['state_dict'][PREFIX + key].shape)}"
-                                 f", this prompt {tuple(value.shape)}")
+            theirs = tuple(checkpoint["state_dict"][PREFIX + key].shape)
+            if theirs != tuple(value.shape):
+                raise ValueError(f"checkpoint {PREFIX + key} has shape {theirs}, this prompt {tuple(value.shape)}")

@@ -42,14 +42,14 @@ class SoftThinkingModule(LightningModule):
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
-        generation: GenerationConfig | None = None,
+        generation: GenerationConfig = GenerationConfig(think_end="Final answer:"),  # noqa: B008 (frozen)
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
         dtype: str = "float32",
         pass_k: list[int] | None = None,
         keep_trace: bool = False,
     ) -> None:
         super().__init__()
-        self.generation = generation or GenerationConfig(think_end="Final answer:")
+        self.generation = generation
         self.metrics = SoftThinkingMetrics(ks=tuple(pass_k or [1]))
         self.system_prompt = system_prompt
         self.keep_trace = keep_trace
