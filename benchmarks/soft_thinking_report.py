@@ -27,8 +27,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def accuracy_table(runs: dict[str, list[dict]], times: dict[str, float]) -> str:
-    lines = ["| task | mode | problems | accuracy | 95% CI | mean think tokens | ended by EOS / think_end / budget | wall s |",
-             "|---|---|---:|---:|---|---:|---|---:|"]
+    lines = ["| task | mode | problems | accuracy | 95% CI | mean think tokens | ended by EOS / think_end / budget "
+             "| wall s |", "|---|---|---:|---:|---|---:|---|---:|"]
     for name, records in runs.items():
         if name.startswith("passk_") or name.endswith("_probe"):
             continue

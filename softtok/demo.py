@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(escape(column), overflow="fold")
     for r in records:
         question = r["question"].replace("State the final answer to the following arithmetic problem: ", "")
-        table.add_row(str(r["index"]), escape(question), escape(trace(module.tokenizer, r)), str(r["prediction"]), r["reference"],
-                      "yes" if r["correct"] else "no", f"{r['think_tokens']} ({r['think_end']})")
+        table.add_row(str(r["index"]), escape(question), escape(trace(module.tokenizer, r)), str(r["prediction"]),
+                      r["reference"], "yes" if r["correct"] else "no", f"{r['think_tokens']} ({r['think_end']})")
     console.print(table)
     correct = sum(r["correct"] for r in records)
     tokens = sum(r["think_tokens"] + r["answer_tokens"] for r in records)
