@@ -2,7 +2,7 @@
 # Soft Thinking results on the embedded SmolLM2-135M-Instruct (docs/results_soft_thinking.md).
 # Every run is a plain `softtok predict` of a recipe; wall times go to $OUT/times.tsv.
 # Then: python benchmarks/soft_thinking_report.py $OUT  (table + plots).
-#   bash benchmarks/soft_thinking_results.sh [stage ...]   stages: arith passk word probe (default: all)
+#   bash benchmarks/soft_thinking_results.sh [stage ...]   stages: arith probe passk word (default: all, in this order)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/results}
@@ -19,16 +19,17 @@ run() {  # name recipe args...
   [ -f "$OUT/$name.jsonl" ] && { echo "skip $name (done)"; return; }
   local start; start=$(date +%s.%N)
   $ST predict -c "configs/soft_thinking/$recipe.yaml" "$@" \
-      --trainer.enable_progress_bar false --trainer.callbacks.init_args.output_path "$OUT/$name.jsonl"
+      --trainer.enable_progress_bar false --trainer.callbacks.init_args.output_path "$OUT/$name.jsonl" \
+      --trainer.callbacks.init_args.resume true  # an interrupted run continues where it stopped
   printf '%s\t%s\n' "$name" "$(echo "$(date +%s.%N) - $start" | bc)" >> "$OUT/times.tsv"
 }
 
-stages=${*:-arith passk word probe}
+stages=${*:-arith probe passk word}
 for stage in $stages; do
   case $stage in
     arith) for m in discrete_greedy discrete_sampled soft dirichlet gumbel; do run "arith_$m" "$m" "${ARITH[@]}"; done ;;
-    passk) for m in discrete_sampled dirichlet gumbel; do run "passk_$m" "$m" "${PASSK[@]}"; done ;;
-    word)  for m in discrete_greedy soft gumbel discrete_sampled dirichlet; do run "word_$m" "$m" "${WORD[@]}"; done ;;
+    passk) for m in discrete_sampled gumbel dirichlet; do run "passk_$m" "$m" "${PASSK[@]}"; done ;;
+    word)  for m in discrete_greedy gumbel soft discrete_sampled dirichlet; do run "word_$m" "$m" "${WORD[@]}"; done ;;
     probe) run arith_probe soft --data.init_args.task chain_sum --data.init_args.size 50 --data.init_args.batch_size 25 \
              --model.init_args.generation.probe true --model.init_args.generation.return_topk true \
              --model.init_args.keep_trace true ;;
