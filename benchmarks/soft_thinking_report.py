@@ -98,7 +98,7 @@ def plots(records: list[dict], out: Path) -> None:
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     ax.set_xlabel("thinking step (bars: the top-k mixture weights, largest at the bottom)")
     ax.set_ylabel("weight")
-    ax.set_title(f"Concept-token weights, problem {example['index']}: {example['question'][-40:]}")
+    ax.set_title(f"Concept-token weights, problem {example['index']}: {example['question'].split(': ')[-1][:40]}")
     fig.tight_layout()
     fig.savefig(out / "soft_thinking_topk.png", dpi=120)
 
@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots")
     opts = parser.parse_args()
-    runs = {p.stem: read_jsonl(p) for p in sorted(opts.results.glob("*.jsonl"))}
+    order = ["discrete_greedy", "discrete_sampled", "soft", "dirichlet", "gumbel", "moi", "probe"]
+    rank = lambda p: (p.stem.split("_", 1)[0], order.index(p.stem.split("_", 1)[1]))  # noqa: E731
+    runs = {p.stem: read_jsonl(p) for p in sorted(opts.results.glob("*.jsonl"), key=rank)}
     times_file = opts.results / "times.tsv"
     times = {}
     if times_file.exists():
