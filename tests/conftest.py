@@ -4,6 +4,8 @@ import sys
 import pytest
 import torch
 
+# Tests never reach a model hub: everything is built in code or read from local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
