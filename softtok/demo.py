@@ -5,7 +5,7 @@ few reasoning-gym problems and prints, per problem, the question, the first conc
 tokens (top-1 text with the runner-up components and their weights), the answer, whether
 it is correct and how many thinking tokens it took; then the accuracy.
 
-    python -m softtok.demo [--config configs/soft_thinking/gumbel.yaml] [--problems 8]
+    python -m softtok.demo [--config configs/soft_thinking/gumbel.yaml] [--problems 16]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def trace(tokenizer, record: dict, steps: int = 3, runners_up: int = 2) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_RECIPE, help="a configs/soft_thinking recipe")
-    parser.add_argument("--problems", type=int, default=8, help="number of problems (>= 1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="problems generated together")
+    parser.add_argument("--problems", type=int, default=16, help="number of problems (>= 1)")
+    parser.add_argument("--batch-size", type=int, default=16, help="problems generated together")
     opts = parser.parse_args(argv)
     if opts.problems < 1:
         parser.error(f"--problems={opts.problems} must be >= 1")
