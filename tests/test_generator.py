@@ -36,9 +36,8 @@ def test_one_component_equals_hf_greedy(arch, mode, tokenizer):
     expected = hf_tokens(model, tokenizer, PROMPTS, do_sample=False)
     filters = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0) if mode == "discrete" else dict(
         temperature=0.6, top_k=30, top_p=0.95, min_p=0.001)
-    got, results = softtok_tokens(model, tokenizer, PROMPTS, mode=mode, max_topk=1, **filters)
+    got, _ = softtok_tokens(model, tokenizer, PROMPTS, mode=mode, max_topk=1, **filters)
     assert got == expected
-    assert any(r.think_end == "think_end" for r in results) or all(r.think_end != "" for r in results)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -15,7 +15,7 @@ Finished rows are dropped from the batch (and the cache), so they stop costing c
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -156,14 +156,12 @@ class SoftThinkingGenerator:
         self,
         prompts: Sequence[str] | Sequence[Sequence[int]],
         prefill: PrefillBuilder = plain_prefill,
-        progress: Callable[[int], None] | None = None,
     ) -> list[GenerationResult]:
         """Generate for a batch of prompts (already chat-formatted text, or token ids).
 
         Args:
             prompts: Prompt strings (tokenised without extra special tokens) or id lists.
             prefill: Builds the first forward's inputs; pass a soft prompt here to compose it.
-            progress: Called with the number of rows that finished at each step.
 
         Returns:
             One :class:`GenerationResult` per prompt, in input order.
@@ -204,6 +202,8 @@ class SoftThinkingGenerator:
                 step = self.soft(logits[think_pos])
                 top1 = step.token.top1.tolist()
                 ent = step.entropy.tolist()
+                if cfg.return_topk:  # one host transfer per step, not one per row
+                    topk_ids, topk_weights = step.token.ids.tolist(), step.token.weights.tolist()
                 for j, i in enumerate(think_pos):
                     row = rows[active[i]]
                     res = row.result
@@ -219,9 +219,9 @@ class SoftThinkingGenerator:
                     res.think_ids.append(top1[j])
                     res.entropy.append(ent[j])
                     res.think_tokens += 1
-                    if res.topk_ids is not None:
-                        res.topk_ids.append(step.token.ids[j].tolist())
-                        res.topk_weights.append(step.token.weights[j].tolist())
+                    if cfg.return_topk:
+                        res.topk_ids.append(topk_ids[j])
+                        res.topk_weights.append(topk_weights[j])
                     if cfg.think_end in self._tail_text(res.think_ids, tail):
                         # The think-end token itself enters as a hard token.
                         res.think_end, row.phase, next_ids[i] = "think_end", ANSWER, top1[j]
@@ -260,8 +260,6 @@ class SoftThinkingGenerator:
                 inputs[soft_rows] = soft_embeds[where].to(inputs.dtype)
 
             if not all(keep):
-                if progress:
-                    progress(keep.count(False))
                 kept = [i for i, k in enumerate(keep) if k]
                 active = [active[i] for i in kept]
                 if not active:

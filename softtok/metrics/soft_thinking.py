@@ -57,9 +57,7 @@ class SoftThinkingMetrics(Metric):
     def __init__(self, ks: Sequence[int] = (1,), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ks = validate_ks(ks)
-        for name in ("problem", "sample", "correct", "think_end"):
-            self.add_state(name, default=[], dist_reduce_fx="cat")
-        for name in ("think_tokens", "answer_tokens", "entropy"):
+        for name in ("problem", "sample", "correct", "think_end", "think_tokens", "answer_tokens", "entropy"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, results: Sequence[Mapping[str, Any]]) -> None:
