@@ -9,7 +9,9 @@ import pytest
 import torch
 from tiny import tiny_model
 
+from softtok.answers import extract_answer
 from softtok.data.instruct import InstructDataModule
+from softtok.data.solutions import chain_sum_solution
 from softtok.modules.soft_prompt import SoftPromptModule
 from softtok.prompts import IAPTConfig, PrefixTuningConfig, PromptTuningConfig, prompt_from_checkpoint
 from softtok.prompts.export import main as export_main
@@ -185,7 +187,45 @@ def test_reasoning_gym_splits_are_held_out(tokenizer):
     assert again.records == records  # splits are a function of the seed
 
 
+def test_worked_solutions_train_the_steps_and_score_the_answer(tokenizer):
+    config = {"min_terms": 2, "max_terms": 4, "min_digits": 1, "max_digits": 3}
+    dm = InstructDataModule(tokenizer=tokenizer, task="chain_sum", task_config=config, train_size=30, val_size=0,
+                            test_size=30, seed=1, target="solution")
+    for split, record in [("train", r) for r in dm.records["train"]] + [("test", r) for r in dm.records["test"]]:
+        lines = record["solution"].split("\n")
+        assert len(lines) == record["metadata"]["num_terms"]  # one line per operation, then the answer
+        for line in lines[:-1]:  # every partial sum is right (an independent eval of each line)
+            left, right = line.split(" = ")
+            assert eval(left) == int(right)  # noqa: S307 (digits and +/- only)
+        # the extracted final answer passes reasoning-gym's own scorer
+        assert dm.score(record, extract_answer(record["solution"]), split)
+    batch = next(iter(dm.train_dataloader()))
+    first = [r for r in dm.records["train"] if r["question"] == batch["records"][0]["question"]][0]
+    target = tokenizer(first["solution"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    assert [t for t in batch["labels"][0].tolist() if t != -100] == target  # the loss is on the solution
+    assert batch["answers"][0] == first["answer"]  # scoring still uses the reference answer
+
+
+def test_worked_solutions_from_jsonl(tokenizer, tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"instruction": "2+3+4=", "answer": "9", "steps": "2+3=5\n5+4=9"}) + "\n")
+    dm = InstructDataModule(tokenizer=tokenizer, source="jsonl", train_file=str(path), target="solution",
+                            solution_field="steps")
+    assert dm.records["train"][0]["solution"] == "2+3=5\n5+4=9"
+    with pytest.raises(ValueError, match="no field 'solution'"):
+        _ = InstructDataModule(tokenizer=tokenizer, source="jsonl", train_file=str(path), target="solution").records
+
+
+def test_chain_sum_solution_rejects_a_wrong_record():
+    record = {"task": "chain_sum", "answer": "5", "metadata": {"expression": "2 + 2"}}
+    with pytest.raises(ValueError, match="give 4"):
+        chain_sum_solution(record)
+    with pytest.raises(ValueError, match="'a \\+ b"):
+        chain_sum_solution({**record, "metadata": {"expression": "2 * 2"}})
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"target": "steps"}, "target='steps'"), ({"task": "basic_arithmetic", "target": "solution"}, "chain_sum"),
     ({"source": "hub"}, "source"), ({"task": "no_such_task"}, "no_such_task"), ({"train_size": 0}, "train_size"),
     ({"source": "jsonl"}, "train_file"), ({"source": "jsonl", "train_file": "/nope.jsonl"}, "does not exist"),
     ({"task_config": {"bogus": 1}}, "bogus"),

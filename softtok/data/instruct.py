@@ -9,6 +9,11 @@ stop) follow, and only they carry labels. A batch holds both views of each examp
 * ``prompt_ids`` / ``prompt_mask``: the prompt alone, left-padded (generation);
 * ``answers`` and ``records``: reference strings and the raw records (scoring).
 
+The assistant turn is the reference answer (``target="answer"``) or a worked solution
+that ends with ``Final answer: <answer>`` (``target="solution"``: a JSONL field, or
+:mod:`softtok.data.solutions` for reasoning-gym tasks). Scoring always compares the
+extracted final answer with the reference answer.
+
 reasoning-gym splits come from three seeds, ``seed + k * SPLIT_STRIDE`` for train /
 validation / test (``k = 0, 1, 2``). The stride is large on purpose: reasoning-gym draws
 problem ``i`` from ``Random(seed + i)``, so neighbouring seeds give the same problems
@@ -28,9 +33,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from softtok.answers import check_answer
+from softtok.data.solutions import SOLVERS, worked_solution
 
 IGNORE_INDEX = -100
 SOURCES = ("reasoning_gym", "jsonl")
+TARGETS = ("answer", "solution")
 SPLITS = ("train", "val", "test")
 #: Seed distance between splits (> any split size, so the problem streams never overlap).
 SPLIT_STRIDE = 1_000_003
@@ -106,6 +113,9 @@ class InstructDataModule(LightningDataModule):
         test_file: JSONL test file (optional).
         instruction_field: JSONL field holding the instruction.
         answer_field: JSONL field holding the answer.
+        target: What the assistant turn is trained to say: ``"answer"`` (the reference
+            answer) or ``"solution"`` (a worked solution ending in ``Final answer: <answer>``).
+        solution_field: JSONL field holding the worked solution (``target="solution"``).
         system_prompt: System message put before every instruction (``None``: none, so the
             template's default system message, if any, applies).
         answer_prefix: Text put before the answer in the assistant turn (e.g. ``"Final answer: "``).
@@ -134,6 +144,8 @@ class InstructDataModule(LightningDataModule):
         test_file: str | None = None,
         instruction_field: str = "instruction",
         answer_field: str = "answer",
+        target: str = "answer",
+        solution_field: str = "solution",
         system_prompt: str | None = None,
         answer_prefix: str = "",
         max_length: int = 256,
@@ -145,6 +157,8 @@ class InstructDataModule(LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise ValueError(f"source={source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+        if target not in TARGETS:
+            raise ValueError(f"target={target!r} is not allowed; allowed: {', '.join(TARGETS)}")
         for name, value, low in (("train_size", train_size, 1), ("val_size", val_size, 0), ("test_size", test_size, 0),
                                  ("max_length", max_length, 2), ("batch_size", batch_size, 1),
                                  ("num_workers", num_workers, 0)):
@@ -164,6 +178,10 @@ class InstructDataModule(LightningDataModule):
 
             # Validates the task name and options now, before any model work.
             ReasoningDataModule._validate_task(task, dict(task_config or {}), max(train_size, 1), seed)
+            if target == "solution" and task not in SOLVERS:
+                raise ValueError(f"target='solution' needs worked solutions, and task {task!r} has none; "
+                                 f"tasks with solutions: {', '.join(sorted(SOLVERS))} (or use source='jsonl' "
+                                 "with a solution_field)")
         self.save_hyperparameters(ignore=["tokenizer"] if not isinstance(tokenizer, str) else None)
         self.tokenizer_source = tokenizer
         self.source, self.task, self.task_config = source, task, dict(task_config or {})
@@ -171,6 +189,7 @@ class InstructDataModule(LightningDataModule):
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.seed = seed
         self.instruction_field, self.answer_field = instruction_field, answer_field
+        self.target, self.solution_field = target, solution_field
         self.system_prompt, self.answer_prefix = system_prompt, answer_prefix
         self.max_length = max_length
         self.batch_size = batch_size
@@ -201,6 +220,8 @@ class InstructDataModule(LightningDataModule):
         module = ReasoningDataModule(task=self.task, task_config=self.task_config or None, size=size + extra,
                                      seed=self.seed + offset * SPLIT_STRIDE)
         records = [r for r in module.records if r["question"] not in exclude][:size]
+        if self.target == "solution":
+            records = [{**r, "solution": worked_solution(r)} for r in records]
         self._scorers[split] = module
         return records
 
@@ -214,11 +235,16 @@ class InstructDataModule(LightningDataModule):
                 if not line.strip():
                     continue
                 obj = json.loads(line)
-                for field in (self.instruction_field, self.answer_field):
+                fields = [self.instruction_field, self.answer_field]
+                fields += [self.solution_field] if self.target == "solution" else []
+                for field in fields:
                     if field not in obj:
                         raise ValueError(f"{path}, line {line_no}: no field {field!r} (fields: {sorted(obj)})")
-                records.append({"index": len(records), "question": str(obj[self.instruction_field]),
-                                "answer": str(obj[self.answer_field]), "task": Path(path).stem, "metadata": {}})
+                record = {"index": len(records), "question": str(obj[self.instruction_field]),
+                          "answer": str(obj[self.answer_field]), "task": Path(path).stem, "metadata": {}}
+                if self.target == "solution":
+                    record["solution"] = str(obj[self.solution_field])
+                records.append(record)
         return records
 
     @property
@@ -245,11 +271,12 @@ class InstructDataModule(LightningDataModule):
         return msgs + [{"role": "user", "content": instruction}]
 
     def encode(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Token ids of one record's prompt and answer (answer ends with EOS)."""
+        """Token ids of one record's prompt and target (the answer or the solution, ending with EOS)."""
         tok = self.tokenizer
         text = tok.apply_chat_template(self.messages(record["question"]), add_generation_prompt=True, tokenize=False)
         prompt = tok(text, add_special_tokens=False)["input_ids"]
-        answer = tok(self.answer_prefix + record["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        text = record["solution"] if self.target == "solution" else record["answer"]
+        answer = tok(self.answer_prefix + text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(answer) >= self.max_length:
             raise ValueError(f"answer of {len(answer)} tokens does not fit max_length={self.max_length}")
         prompt = prompt[-(self.max_length - len(answer)):]  # cut the prompt's start, never the answer
