@@ -275,10 +275,10 @@ class InstructDataModule(LightningDataModule):
         tok = self.tokenizer
         text = tok.apply_chat_template(self.messages(record["question"]), add_generation_prompt=True, tokenize=False)
         prompt = tok(text, add_special_tokens=False)["input_ids"]
-        text = record["solution"] if self.target == "solution" else record["answer"]
-        answer = tok(self.answer_prefix + text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        target = record["solution"] if self.target == "solution" else record["answer"]
+        answer = tok(self.answer_prefix + target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(answer) >= self.max_length:
-            raise ValueError(f"answer of {len(answer)} tokens does not fit max_length={self.max_length}")
+            raise ValueError(f"{self.target} of {len(answer)} tokens does not fit max_length={self.max_length}")
         prompt = prompt[-(self.max_length - len(answer)):]  # cut the prompt's start, never the answer
         return {"prompt": prompt, "answer": answer, "record": record}
 
