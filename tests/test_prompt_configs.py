@@ -1,8 +1,10 @@
 """Every soft-prompt recipe runs through the ``softtok`` CLI on the embedded model (fast_dev_run)."""
 
 import os
+import re
 
 import pytest
+import torch
 import yaml
 
 from softtok.cli import cli
@@ -26,6 +28,17 @@ def test_recipe_keys_are_commented(name):
         assert yaml.safe_load(f)["model"]["init_args"]["prompt"]["class_path"].startswith("softtok.prompts.")
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_commands_name_its_checkpoint_folder(name):
+    """The --ckpt_path in a recipe's header is where its ModelCheckpoint writes last.ckpt."""
+    with open(recipe(name)) as f:
+        text = f.read()
+    paths = set(re.findall(r"--ckpt_path (\S+)", text))
+    callbacks = yaml.safe_load(text)["trainer"]["callbacks"]
+    (checkpoint,) = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert paths == {os.path.join(checkpoint["dirpath"], "last.ckpt")} and checkpoint["save_last"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_fast_dev_run(name, tmp_path):
@@ -40,3 +53,27 @@ def test_recipe_fast_dev_run(name, tmp_path):
     assert {"train/loss", "val/loss", "val/exact_match"} <= set(metrics)
     assert run.model.prompt.method == name
     assert not any(p.requires_grad for p in run.model.model.parameters())
+
+
+@pytest.mark.slow
+def test_recipe_fit_then_test_from_its_checkpoint(tmp_path):
+    """The header's commands: `softtok fit` writes last.ckpt, `softtok test --ckpt_path` parses it back."""
+    with open(recipe("prompt_tuning")) as f:
+        config = yaml.safe_load(f)
+    (checkpoint,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    checkpoint["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    small = ["--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
+             "--data.init_args.train_size=4", "--data.init_args.val_size=2", "--data.init_args.test_size=2",
+             "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=2",
+             "--model.init_args.max_new_tokens=2"]
+    fit = cli(["fit", "-c", str(path), "--trainer.max_steps=2", "--trainer.val_check_interval=2", *small])
+    trained = {k: v.clone() for k, v in fit.model.prompt.state_dict().items()}
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    test = cli(["test", "-c", str(path), f"--ckpt_path={last}", *small])
+    assert "test/exact_match" in test.trainer.callback_metrics
+    assert test.model.prompt_config == fit.model.prompt_config
+    for key, value in test.model.prompt.state_dict().items():
+        assert torch.equal(value, trained[key])  # the tested prompt is the trained one

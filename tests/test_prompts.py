@@ -10,6 +10,8 @@ from softtok.prompts import (
     PrefixTuningConfig,
     PromptTuningConfig,
     RationalActivation,
+    config_from_dict,
+    config_to_class_path,
     greedy_generate,
     mark_only_prompt_trainable,
 )
@@ -226,6 +228,19 @@ def test_rational_activation_starts_near_gelu():
 def test_bad_configs(make):
     with pytest.raises(ValueError, match="n_virtual|init|projection_hidden|activation|bottleneck"):
         make()
+
+
+@pytest.mark.parametrize("config", [
+    PromptTuningConfig(n_virtual=3, init="random"), PrefixTuningConfig(n_virtual=2, projection_hidden=4),
+    IAPTConfig(n_virtual=2, bottleneck=4, deep=False, activation="gelu"),
+], ids=["prompt_tuning", "prefix_tuning", "iapt"])
+def test_config_dict_forms_round_trip(config):
+    as_cli = config_to_class_path(config)
+    assert "method" not in as_cli["init_args"]
+    assert config_from_dict(as_cli) == config_from_dict(config.to_dict()) == config
+    assert config_from_dict({**as_cli, "class_path": "softtok.prompts.config." + type(config).__name__}) == config
+    with pytest.raises(ValueError, match="LoraConfig"):
+        config_from_dict({"class_path": "peft.LoraConfig", "init_args": {}})
 
 
 def test_long_init_text_needs_truncation_flag(tokenizer):

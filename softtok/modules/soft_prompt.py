@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from softtok.answers import check_answer, extract_answer
 from softtok.prompts.base import mark_only_prompt_trainable, prompt_state_dict
 from softtok.prompts.checkpoint import META_KEY, PREFIX, check_method, checkpoint_meta
-from softtok.prompts.config import PromptConfig, PromptTuningConfig, config_from_dict
+from softtok.prompts.config import PromptConfig, PromptTuningConfig, config_from_dict, config_to_class_path
 from softtok.prompts.generate import eos_ids, greedy_generate
 
 MATCHES = ("extract", "exact")
@@ -36,7 +36,7 @@ class SoftPromptModule(LightningModule):
     Args:
         prompt: The method and its settings (:class:`~softtok.prompts.PromptTuningConfig`,
             :class:`~softtok.prompts.PrefixTuningConfig`, :class:`~softtok.prompts.IAPTConfig`),
-            or its ``to_dict()`` form.
+            or its ``to_dict()`` or ``class_path`` form.
         model: softtok model name (``"smollm2-135m"``), a local folder or a hub id.
         dtype: Base-model dtype (``"float32"``, ``"bf16"``...); the prompt stays fp32.
         lr: AdamW learning rate (prompt tuning likes large rates, 1e-2 to 3e-1).
@@ -80,9 +80,10 @@ class SoftPromptModule(LightningModule):
             raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
         if match not in MATCHES:
             raise ValueError(f"match={match!r} is not allowed; allowed: {', '.join(MATCHES)}")
-        # Plain types only in hparams, so checkpoints load with weights_only=True.
+        # Plain types only in hparams, so checkpoints load with weights_only=True; the CLI's
+        # class_path form, so `softtok test --ckpt_path` parses them back into this config.
         self.save_hyperparameters(ignore=["prompt"])
-        self.hparams["prompt"] = prompt.to_dict()
+        self.hparams["prompt"] = config_to_class_path(prompt)
         base_model = _PRELOADED.get()
         if base_model is None:
             from softtok.models import load_model

@@ -26,6 +26,7 @@ from softtok.prompts.config import (
     PromptConfig,
     PromptTuningConfig,
     config_from_dict,
+    config_to_class_path,
 )
 from softtok.prompts.generate import greedy_generate
 from softtok.prompts.iapt import InstructionAwarePrompt, PromptGenerator, RationalActivation
@@ -52,6 +53,7 @@ __all__ = [
     "SoftPrompt",
     "causal_lm_loss",
     "config_from_dict",
+    "config_to_class_path",
     "export_peft",
     "greedy_generate",
     "insert_after_padding",

@@ -192,13 +192,30 @@ CONFIGS: dict[str, type[PromptConfig]] = {
 
 
 def config_from_dict(data: dict[str, Any]) -> PromptConfig:
-    """Rebuild a config from :meth:`PromptConfig.to_dict` output.
+    """Rebuild a config from :meth:`PromptConfig.to_dict` output, or from the
+    ``{"class_path": ..., "init_args": {...}}`` form of :func:`config_to_class_path`.
 
     Raises:
-        ValueError: Unknown or missing ``method``.
+        ValueError: Unknown or missing ``method`` / ``class_path``.
     """
     data = dict(data)
+    if "class_path" in data:
+        name = str(data["class_path"]).rsplit(".", 1)[-1]
+        by_name = {cls.__name__: cls for cls in CONFIGS.values()}
+        if name not in by_name:
+            raise ValueError(f"unknown soft-prompt config class {data['class_path']!r}; allowed: {', '.join(by_name)}")
+        return by_name[name](**data.get("init_args", {}))
     method = data.pop("method", None)
     if method not in CONFIGS:
         raise ValueError(f"unknown soft-prompt method {method!r}; allowed: {', '.join(CONFIGS)}")
     return CONFIGS[method](**data)
+
+
+def config_to_class_path(config: PromptConfig) -> dict[str, Any]:
+    """The config as LightningCLI writes it (``class_path`` + ``init_args``, plain types only).
+
+    Checkpoint hyperparameters use this form, so ``softtok test --ckpt_path`` can parse them
+    back into the same config.
+    """
+    init_args = {k: v for k, v in config.to_dict().items() if k != "method"}
+    return {"class_path": f"softtok.prompts.{type(config).__name__}", "init_args": init_args}
