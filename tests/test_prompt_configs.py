@@ -30,13 +30,15 @@ def test_recipe_keys_are_commented(name):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_commands_name_its_checkpoint_folder(name):
-    """The --ckpt_path in a recipe's header is where its ModelCheckpoint writes last.ckpt."""
+    """The --ckpt_path in a recipe's header is where its first fit writes last.ckpt (logger folder, version_0)."""
     with open(recipe(name)) as f:
         text = f.read()
     paths = set(re.findall(r"--ckpt_path (\S+)", text))
-    callbacks = yaml.safe_load(text)["trainer"]["callbacks"]
-    (checkpoint,) = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
-    assert paths == {os.path.join(checkpoint["dirpath"], "last.ckpt")} and checkpoint["save_last"]
+    trainer = yaml.safe_load(text)["trainer"]
+    (checkpoint,) = [c["init_args"] for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert "dirpath" not in checkpoint and checkpoint["save_last"]  # Lightning puts it under the logger's version
+    save_dir = trainer["logger"]["init_args"]["save_dir"]
+    assert paths == {os.path.join(save_dir, "lightning_logs", "version_0", "checkpoints", "last.ckpt")}
 
 
 @pytest.mark.slow
@@ -58,21 +60,16 @@ def test_recipe_fast_dev_run(name, tmp_path):
 @pytest.mark.slow
 def test_recipe_fit_then_test_from_its_checkpoint(tmp_path):
     """The header's commands: `softtok fit` writes last.ckpt, `softtok test --ckpt_path` parses it back."""
-    with open(recipe("prompt_tuning")) as f:
-        config = yaml.safe_load(f)
-    (checkpoint,) = [c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
-    checkpoint["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = recipe("prompt_tuning")
     small = ["--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
              "--data.init_args.train_size=4", "--data.init_args.val_size=2", "--data.init_args.test_size=2",
              "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=2",
              "--model.init_args.max_new_tokens=2"]
-    fit = cli(["fit", "-c", str(path), "--trainer.max_steps=2", "--trainer.val_check_interval=2", *small])
+    fit = cli(["fit", "-c", path, "--trainer.max_steps=2", "--trainer.val_check_interval=2", *small])
     trained = {k: v.clone() for k, v in fit.model.prompt.state_dict().items()}
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
-    test = cli(["test", "-c", str(path), f"--ckpt_path={last}", *small])
+    test = cli(["test", "-c", path, f"--ckpt_path={last}", *small])
     assert "test/exact_match" in test.trainer.callback_metrics
     assert test.model.prompt_config == fit.model.prompt_config
     for key, value in test.model.prompt.state_dict().items():
