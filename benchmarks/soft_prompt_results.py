@@ -192,7 +192,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         examples=[{"question": r["question"], "answer": r["answer"], "output": t}
                   for r, t in zip(dm.records["test"][:8], texts[:8], strict=True)],
         outputs=texts, correct_ids=[i for i, ok in enumerate(correct) if ok],
-        settings={k: v for k, v in vars(args).items() if k not in ("methods", "report")},
+        settings={k: v for k, v in vars(args).items() if k not in ("methods", "report", "compare", "errors")},
     )
     return result
 
