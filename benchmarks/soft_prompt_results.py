@@ -218,7 +218,9 @@ def report(out: Path, plot: Path) -> str:
              "|---|---:|---:|---:|---|---:|"]
     for r in results.values():
         lo, hi = r["ci95"]
-        lines.append(f"| {r['label']} | {r['params']:,} | {r.get('lr', '-')} | {r['correct']}/{r['n_test']} = "
+        label = r["label"] + "".join(  # zero_shot_other: every chat tried, with its score
+            f" [{v['system_prompt']!r}: {v['correct']}/{r['n_test']}]" for v in r.get("variants", []))
+        lines.append(f"| {label} | {r['params']:,} | {r.get('lr', '-')} | {r['correct']}/{r['n_test']} = "
                      f"{100 * r['accuracy']:.1f}% | {100 * lo:.1f}-{100 * hi:.1f}% | {r.get('train_s', 0):.0f} |")
     table = "\n".join(lines)
     print(table)
