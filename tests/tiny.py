@@ -53,6 +53,16 @@ def _configs() -> dict:
 ARCHS = tuple(_configs())
 
 
+def tiny_sliding_model(window: int = 8, seed: int = 0) -> torch.nn.Module:
+    """A tiny Gemma 3 text model whose first layer is sliding-window attention (a hybrid cache)."""
+    common = dict(vocab_size=len(VOCAB), initializer_range=0.2, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    config = Gemma3TextConfig(**common, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=window,
+                              layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
 def tiny_model(arch: str = "llama", seed: int = 0) -> torch.nn.Module:
     """A deterministic random model of one of :data:`ARCHS`, fp32, eval mode."""
     torch.manual_seed(seed)

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from softtok.generation.cache import restore_cache, snapshot_cache
 from softtok.generation.config import MODES, GenerationConfig
-from softtok.generation.prefill import PrefillBuilder, plain_prefill
+from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
 from softtok.soft.embedding import SoftEmbedding
 from softtok.soft.filters import filter_candidates, tempered_probs
 from softtok.soft.mixers import HardMixer, Mixer, build_mixer
@@ -70,7 +71,18 @@ def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
     logp, logq = torch.log_softmax(p_logits.float(), -1), torch.log_softmax(q_logits.float(), -1)
     logm = torch.logsumexp(torch.stack([logp, logq]), 0) - math.log(2.0)
     kl = lambda a: (a.exp() * (a - logm)).sum(-1)  # noqa: E731
-    return 0.5 * (kl(logp) + kl(logq))
+    return (0.5 * (kl(logp) + kl(logq))).clamp_min(0.0)  # >= 0; rounding can give -1e-9 for equal rows
+
+
+def tail_tokens(strings: Sequence[str]) -> int:
+    """How many trailing tokens to decode so that any of ``strings`` ending there is in the text.
+
+    Every token decodes to at least one UTF-8 byte (byte-level BPE; SentencePiece with byte
+    fallback), so a string of ``n`` bytes spans at most ``n`` tokens, whatever its
+    tokenization; one more covers a token that a decoder strips to nothing at the window's
+    start (a lone leading space), one more is margin. ``0`` for no strings.
+    """
+    return max((len(s.encode("utf-8")) + 2 for s in strings), default=0)
 
 
 class _Row:
@@ -136,6 +148,7 @@ class SoftThinkingGenerator:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
     def _tail_text(self, ids: list[int], n: int) -> str:
+        """The decoded text of the last ``n`` of ``ids`` (see :func:`tail_tokens`)."""
         return self.tokenizer.decode(ids[-n:], skip_special_tokens=False)
 
     def _answer_tokens(self, logits: torch.Tensor) -> torch.Tensor:
@@ -181,14 +194,11 @@ class SoftThinkingGenerator:
         active = list(range(ids.shape[0]))  # original row index of each batch position
 
         pre = prefill(model, ids, mask)
-        out = model(
-            inputs_embeds=pre.inputs_embeds, attention_mask=pre.attention_mask, position_ids=pre.position_ids,
-            cache=pre.cache, use_cache=True, logits_to_keep=1,
-        )
-        cache, mask, logits = pre.cache, pre.attention_mask, out.logits[:, -1]
+        logits = prefill_logits(model, pre)
+        cache, mask = pre.cache, pre.attention_mask
         positions = pre.position_ids[:, -1] + 1
         embed = model.get_input_embeddings()
-        tail = len(self.think_end_ids) + 4
+        think_tail, stop_tail = tail_tokens([cfg.think_end]), tail_tokens(cfg.stop_strings)
 
         while active:
             phases = [rows[r].phase for r in active]
@@ -222,7 +232,7 @@ class SoftThinkingGenerator:
                     if cfg.return_topk:
                         res.topk_ids.append(topk_ids[j])
                         res.topk_weights.append(topk_weights[j])
-                    if cfg.think_end in self._tail_text(res.think_ids, tail):
+                    if cfg.think_end in self._tail_text(res.think_ids, think_tail):
                         # The think-end token itself enters as a hard token.
                         res.think_end, row.phase, next_ids[i] = "think_end", ANSWER, top1[j]
                         keep[i] = cfg.max_answer_tokens > 0
@@ -242,7 +252,7 @@ class SoftThinkingGenerator:
                     res.answer_ids.append(sampled[j])
                     res.answer_tokens += 1
                     next_ids[i] = sampled[j]
-                    stopped = any(s in self._tail_text(res.answer_ids, 8) for s in cfg.stop_strings)
+                    stopped = any(s in self._tail_text(res.answer_ids, stop_tail) for s in cfg.stop_strings)
                     if stopped or res.answer_tokens >= cfg.max_answer_tokens:
                         keep[i] = False
 
@@ -282,15 +292,20 @@ class SoftThinkingGenerator:
         return [self._finish(row) for row in rows]
 
     def _probe(self, alternatives, inputs, mask, positions, cache) -> list[torch.Tensor]:
-        """Next-token logits after each one-hot alternative input, leaving the cache as it was."""
+        """Next-token logits after each one-hot alternative input, leaving the cache as it was.
+
+        The cache is restored from a snapshot, not cropped: a full sliding-window layer has
+        already evicted what a crop would need (see :mod:`softtok.generation.cache`).
+        """
         embed, out = self.model.get_input_embeddings(), []
         soft_rows = list(alternatives)
+        before = snapshot_cache(cache)
         for rank in (0, 1):
             alt = inputs.clone()
             ids = torch.tensor([alternatives[i][rank] for i in soft_rows], device=inputs.device)
             alt[soft_rows] = embed(ids).to(alt.dtype)
             out.append(self._forward(alt, mask, positions, cache)[soft_rows])
-            cache.crop(-1)
+            restore_cache(cache, before)
         return out
 
     def _record_js(self, rows, active, soft_rows, probe_logits, logits) -> None:

@@ -24,12 +24,31 @@ class Prefill:
         attention_mask: ``[B, L]`` mask over cache + inputs (``L = T`` + cached prefix length).
         position_ids: ``[B, T]`` positions of the inputs.
         cache: The KV cache to extend (may already hold prefix keys/values).
+        logits: ``[B, V]`` next-token logits when the builder has already run the prompt
+            through the model (then ``cache`` holds the whole prompt and ``inputs_embeds`` is
+            not fed again); ``None`` when the first forward is left to the decoder.
     """
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     cache: Cache
+    logits: torch.Tensor | None = None
+
+
+def prefill_logits(model: PreTrainedModel, prefill: Prefill) -> torch.Tensor:
+    """Run the first forward of ``prefill`` (unless its builder already did): next-token logits ``[B, V]``.
+
+    Afterwards ``prefill.cache`` holds the whole prompt; decoding continues at position
+    ``prefill.position_ids[:, -1] + 1`` with ``prefill.attention_mask``.
+    """
+    if prefill.logits is not None:
+        return prefill.logits
+    out = model(
+        inputs_embeds=prefill.inputs_embeds, attention_mask=prefill.attention_mask,
+        position_ids=prefill.position_ids, cache=prefill.cache, use_cache=True, logits_to_keep=1,
+    )
+    return out.logits[:, -1]
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

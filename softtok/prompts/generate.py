@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from transformers import PreTrainedModel
 
-from softtok.generation.prefill import PrefillBuilder, plain_prefill
+from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
 
 
 def eos_ids(model: PreTrainedModel, tokenizer=None) -> set[int]:  # noqa: ANN001
@@ -51,12 +51,8 @@ def greedy_generate(
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
     eos = set(eos_token_ids)
     pre = prefill(model, input_ids, attention_mask)
-    out = model(
-        inputs_embeds=pre.inputs_embeds, attention_mask=pre.attention_mask, position_ids=pre.position_ids,
-        cache=pre.cache, use_cache=True, logits_to_keep=1,
-    )
+    logits = prefill_logits(model, pre)
     cache, mask, positions = pre.cache, pre.attention_mask, pre.position_ids[:, -1] + 1
-    logits = out.logits[:, -1]
     embed = model.get_input_embeddings()
     results: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     active = list(range(input_ids.shape[0]))

@@ -19,9 +19,10 @@ own layer's. Only instruction tokens are pooled (during training: the real token
 without a label), never the answer.
 
 Generation: the hooks must see the whole instruction, so the prefill runs the full
-prompt once with hooks and the cache, drops the last token from the cache and hands
-that token back as the generator's first input: the generator needs no hooks, and the
-virtual tokens' keys and values sit in the cache like any others.
+prompt once with hooks and the cache and hands the decoder the cache and the last
+position's logits (:attr:`~softtok.generation.prefill.Prefill.logits`): the decoder needs
+no hooks, the virtual tokens' keys and values sit in the cache like any others, and no
+cache step is ever undone (which sliding-window layers could not do once full).
 """
 
 from __future__ import annotations
@@ -205,11 +206,10 @@ class InstructionAwarePrompt(SoftPrompt):
                 handle.remove()
 
     def forward(self, model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Prefill:
-        """Prefill of a left-padded batch: everything but the last token is already in the returned cache."""
+        """Prefill of a left-padded batch, already run: the cache holds the whole prompt, with its logits."""
         injected = self.inject(model, input_ids, attention_mask)
         injected.cache = DynamicCache(config=model.config)
-        self.model_forward(model, injected, logits_to_keep=1)
-        injected.cache.crop(-1)  # the generator's first step re-feeds the last token, hook-free
+        logits = self.model_forward(model, injected, logits_to_keep=1).logits[:, -1]
         return Prefill(
-            injected.inputs_embeds[:, -1:], injected.attention_mask, injected.position_ids[:, -1:], injected.cache
+            injected.inputs_embeds, injected.attention_mask, injected.position_ids, injected.cache, logits=logits
         )

@@ -38,7 +38,7 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 #: PEFT types softtok imports, and the softtok method of each.
 PEFT_TYPES = {"PROMPT_TUNING": "prompt_tuning", "PREFIX_TUNING": "prefix_tuning"}
 #: Names that denote the same base model (softtok's embedded name and its hub id).
-BASE_ALIASES = {"smollm2-135m": "smollm2-135m-instruct"}
+BASE_ALIASES = {"smollm2-135m": "smollm2-135m-instruct", "gemma3-270m": "gemma-3-270m"}
 
 
 def _base_key(name: str) -> str:
