@@ -56,7 +56,8 @@ def test_missing_embedded_extra_names_the_extra(monkeypatch, tmp_path):
 
 def require_embedded(name):
     if not models.embedded_available(name):
-        pytest.skip(f"embedded model {name!r} is an optional extra that is not installed: {models.EMBEDDED[name].install}")
+        pytest.skip(f"embedded model {name!r} is an optional extra that is not installed: "
+                    f"{models.EMBEDDED[name].install}")
 
 
 @pytest.mark.slow
