@@ -265,3 +265,55 @@ def test_state_dict_is_prompt_only(arch, tokenizer):
     assert keys["prefix_tuning"] == {"prefix"}
     assert keys["prefix_mlp"] == {"embedding", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}
     assert all(k == "prompt_embeddings" or k.startswith("generators.") for k in keys["iapt"])
+
+
+@pytest.mark.parametrize("method", ["prefix_tuning", "prefix_mlp", "prompt_tuning", "iapt"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, method, tokenizer):
+    """Training under gradient checkpointing: the prefix keys survive the layers' cache drop (the issue's
+    crash, "size of tensor a (5) must match ... (9)"), loss and gradients equal those without it, and the
+    layers really are checkpointed."""
+    from softtok.prompts._arch import decoder_layers
+
+    model = tiny_model(arch)
+    prompt = METHODS[method]().build(model, tokenizer)
+    perturb(prompt)
+    ids, mask = batch(tokenizer, TEXTS, "right")
+    labels = ids.masked_fill(mask == 0, -100)
+    model.train()
+    results, calls = [], []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            for layer in decoder_layers(model):
+                inner = layer._gradient_checkpointing_func
+                layer._gradient_checkpointing_func = lambda *a, _f=inner, _c=calls, **k: _c.append(1) or _f(*a, **k)
+        prompt.zero_grad()
+        torch.manual_seed(0)  # GPT-2's dropout: the same masks in both runs
+        loss = prompt.loss(model, ids, mask, labels)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in prompt.named_parameters()}))
+    assert len(calls) == len(decoder_layers(model))
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    torch.testing.assert_close(loss_ckpt, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, msg=name)
+    # The model's own flags are back as they were: generation afterwards still fills a normal cache.
+    assert model.is_activation_checkpointing
+    assert not any("_can_checkpoint_with_cache" in vars(layer) for layer in decoder_layers(model))
+    model.eval()
+    with torch.no_grad():
+        assert greedy_generate(model, ids, mask, prefill=prompt, max_new_tokens=3)
+
+
+def test_prefix_refuses_checkpointing_layers_it_cannot_keep_the_cache_in(tokenizer, monkeypatch):
+    """A model whose decoder layers do not checkpoint themselves: a clear error before any forward pass."""
+    from softtok.prompts import prefix as prefix_module
+
+    model = tiny_model("llama")
+    prompt = METHODS["prefix_tuning"]().build(model, tokenizer)
+    model.gradient_checkpointing_enable()  # the issue's call (a deprecated alias in transformers 5)
+    model.train()
+    monkeypatch.setattr(prefix_module, "GradientCheckpointingLayer", type("Other", (), {}))
+    ids, mask = batch(tokenizer, TEXTS, "right")
+    with pytest.raises(ValueError, match="checkpoint themselves.*gradient_checkpointing_disable"):
+        prompt.loss(model, ids, mask, ids.masked_fill(mask == 0, -100))

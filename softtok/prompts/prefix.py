@@ -8,18 +8,30 @@ stored as the attention layer caches them: after the key projection, key norm an
 rotary embedding, so ``init="text"`` (the model's own cache of ``init_text``) makes the
 untrained prefix exactly that text as a hard prompt.
 
+Gradient checkpointing: transformers' checkpointed decoder layers drop the KV cache in
+training (a recompute would write it twice), which would drop the prefixes but not their
+mask columns. Under checkpointing, :meth:`PrefixTuning.model_forward` therefore passes the
+prefixes as a :class:`PrefixCache`, a read-only cache (its ``update`` returns prefix + new
+states without storing them), and lets the layers keep it for that call, since the
+recompute reads the same prefixes. Loss and gradients equal those without checkpointing.
+
 Sliding-window layers evict their oldest entries, prefix included, once a sequence
 outgrows the window: prefix tuning assumes full-attention layers (or short sequences).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from softtok.generation.prefill import positions_from_mask
-from softtok.prompts._arch import ModelInfo
+from softtok.prompts._arch import ModelInfo, decoder_layers
 from softtok.prompts.base import Injected, SoftPrompt, eval_mode
 from softtok.prompts.config import PrefixTuningConfig
 from softtok.prompts.tuning import init_embeddings, init_token_ids
@@ -32,6 +44,67 @@ def model_kv(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     with eval_mode(model):
         model(input_ids=ids[None], cache=cache, use_cache=True, logits_to_keep=1)
     return torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]).float()
+
+
+class PrefixCache(Cache):
+    """A read-only view of a cache holding prefixes: ``update`` returns the stored + new states, stores nothing.
+
+    One forward pass sees exactly what a :class:`~transformers.DynamicCache` would give it
+    (same states, same mask sizes), and a second pass over the same inputs (a gradient
+    checkpointing recompute) sees the same prefixes again.
+
+    Args:
+        cache: The cache whose layers hold the prefixes (shared, never modified).
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        super().__init__(layers=cache.layers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+
+def gradient_checkpointing_active(model: PreTrainedModel) -> bool:
+    """Whether ``model`` runs (some) modules checkpointed now: enabled, training, gradients on."""
+    if not (model.training and torch.is_grad_enabled()):
+        return False
+    return any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+
+
+@contextmanager
+def cache_kept_under_checkpointing(model: PreTrainedModel) -> Iterator[None]:
+    """Let ``model``'s checkpointed decoder layers keep a read-only cache for the calls made inside.
+
+    Each decoder layer must be a transformers ``GradientCheckpointingLayer`` (checkpointed
+    itself, every layer or every n-th); it is told that the cache may stay
+    (``_can_checkpoint_with_cache``). Modules above the layers that drop the cache
+    themselves under checkpointing (GPT-2's ``GPT2Model``) have their
+    ``gradient_checkpointing`` flag lowered for the call: the layers still checkpoint.
+
+    Raises:
+        ValueError: If a decoder layer does not checkpoint itself, before any forward pass.
+    """
+    layers = list(decoder_layers(model))
+    if not all(isinstance(layer, GradientCheckpointingLayer) for layer in layers):
+        raise ValueError(
+            f"prefix tuning under gradient checkpointing needs decoder layers that checkpoint themselves "
+            f"(transformers' GradientCheckpointingLayer); {type(model).__name__}'s {type(layers[0]).__name__} does "
+            "not. Call model.gradient_checkpointing_disable(), or use prompt tuning or IAPT, which need no cache"
+        )
+    gates = [m for m in model.modules()
+             if not isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False) is True]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True  # an instance attribute over transformers' class default
+    for module in gates:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            vars(layer).pop("_can_checkpoint_with_cache", None)
+        for module in gates:
+            module.gradient_checkpointing = True
 
 
 class PrefixTuning(SoftPrompt):
@@ -132,6 +205,13 @@ class PrefixTuning(SoftPrompt):
             values = kv[layer, 1][None].expand(batch, -1, -1, -1)
             cache.update(keys, values, layer)
         return cache
+
+    def model_forward(self, model: PreTrainedModel, injected: Injected, **kwargs):  # noqa: ANN201
+        """Run ``model`` on an injected batch; under gradient checkpointing the prefixes are a :class:`PrefixCache`."""
+        if injected.cache is None or not gradient_checkpointing_active(model):
+            return super().model_forward(model, injected, **kwargs)
+        with cache_kept_under_checkpointing(model):
+            return super().model_forward(model, replace(injected, cache=PrefixCache(injected.cache)), **kwargs)
 
     def inject(
         self,
