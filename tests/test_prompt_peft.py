@@ -219,3 +219,32 @@ def test_embedded_model_roundtrip(tmp_path):
         wrapped.save_pretrained(str(tmp_path / "resaved"))
         back = load_peft_adapter(tmp_path / "resaved", model)
         assert_real_close(back.logits(model, enc.input_ids, enc.attention_mask), theirs, enc.attention_mask)
+
+
+def _edit(folder, config_update=None, weights=None):
+    from safetensors.torch import save_file
+
+    if config_update is not None:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+        (folder / CONFIG_NAME).write_text(json.dumps({**config, **config_update}))
+    if weights is not None:
+        save_file({"prompt_embeddings": weights}, str(folder / WEIGHTS_NAME))
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_import_names_what_disagrees(method, tokenizer, tmp_path):
+    """num_virtual_tokens 7 against 5 weight rows (the issue's input) is reported as exactly that, not as a
+    hidden-size mismatch; so are a width that disagrees with the config and a missing config entry."""
+    model = tiny_model("llama")
+    config_cls = PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig
+    export_peft(config_cls(n_virtual=5, init="sample_vocab").build(model, tokenizer), tmp_path / "a")
+    _edit(tmp_path / "a", {"num_virtual_tokens": 7})
+    with pytest.raises(ValueError, match="num_virtual_tokens=7 but prompt_embeddings has 5 rows") as err:
+        load_peft_adapter(tmp_path / "a", model)
+    assert "hidden size" not in str(err.value)
+    _edit(tmp_path / "a", {"num_virtual_tokens": 5}, weights=torch.zeros(5, 7))
+    with pytest.raises(ValueError, match="prompt_embeddings is 7 wide"):
+        load_peft_adapter(tmp_path / "a", model)
+    _edit(tmp_path / "a", {"num_virtual_tokens": None})
+    with pytest.raises(ValueError, match="num_virtual_tokens=None; it must be an integer >= 1"):
+        load_peft_adapter(tmp_path / "a", model)

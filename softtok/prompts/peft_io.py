@@ -140,6 +140,28 @@ def read_peft_adapter(path: str | os.PathLike) -> tuple[dict, torch.Tensor]:
     return config, state["prompt_embeddings"]
 
 
+def _config_int(config: dict, key: str, where: str) -> int:
+    """A positive integer entry of ``adapter_config.json``."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: {CONFIG_NAME} has {key}={value!r}; it must be an integer >= 1")
+    return value
+
+
+def _check_weights(where: str, weights: torch.Tensor, rows: int, width: int, width_name: str) -> None:
+    """``prompt_embeddings`` must be ``[num_virtual_tokens, width]``: say which side disagrees."""
+    if weights.ndim != 2:
+        raise ValueError(f"{where}: prompt_embeddings has shape {tuple(weights.shape)}; it must be 2-D "
+                         f"[num_virtual_tokens={rows}, {width_name}={width}]")
+    if weights.shape[0] != rows:
+        raise ValueError(f"{where}: {CONFIG_NAME} says num_virtual_tokens={rows} but prompt_embeddings has "
+                         f"{weights.shape[0]} rows (shape {tuple(weights.shape)}): the config and the weights "
+                         "come from different adapters, or one was edited")
+    if weights.shape[1] != width:
+        raise ValueError(f"{where}: {CONFIG_NAME} implies {width_name}={width} but prompt_embeddings is "
+                         f"{weights.shape[1]} wide (shape {tuple(weights.shape)})")
+
+
 def load_peft_adapter(
     path: str | os.PathLike, model: PreTrainedModel, check_base_model: bool = True
 ) -> PromptTuning | PrefixTuning:
@@ -156,8 +178,10 @@ def load_peft_adapter(
         A softtok prompt on the same device as the model's embeddings.
 
     Raises:
-        ValueError: Unsupported PEFT type or task, or a hidden size / layer count / KV shape /
-            base model that does not match ``model``.
+        ValueError: Unsupported PEFT type or task; a config entry that is missing or not a positive
+            integer; weights whose rows or width disagree with the config (the message names
+            which); or a hidden size / layer count / KV shape / base model that does not match
+            ``model``.
     """
     config, weights = read_peft_adapter(path)
     where = str(path)
@@ -175,20 +199,21 @@ def load_peft_adapter(
     if check_base_model and base and info.name_or_path and _base_key(base) != _base_key(info.name_or_path):
         raise ValueError(f"{where}: adapter was trained on base model {base!r} but the model is "
                          f"{info.name_or_path!r}; pass check_base_model=False if they are the same weights")
-    n = int(config["num_virtual_tokens"])
+    n = _config_int(config, "num_virtual_tokens", where)
     device = model.get_input_embeddings().weight.device
     if peft_type == "PROMPT_TUNING":
         token_dim = int(config.get("token_dim") or weights.shape[-1])
-        if token_dim != info.hidden_size or tuple(weights.shape) != (n, info.hidden_size):
-            raise ValueError(f"{where}: adapter hidden size (token_dim={token_dim}, weights "
-                             f"{tuple(weights.shape)}) does not match the model's hidden size {info.hidden_size}")
+        _check_weights(where, weights, n, token_dim, "token_dim")
+        if token_dim != info.hidden_size:
+            raise ValueError(f"{where}: adapter hidden size token_dim={token_dim} does not match the model's "
+                             f"hidden size {info.hidden_size}: the adapter was trained on another model")
         return PromptTuning(PromptTuningConfig(n_virtual=n, init="random"), info, embeddings=weights.to(device))
-    layers, heads, token_dim = int(config["num_layers"]), int(config["num_attention_heads"]), int(config["token_dim"])
+    layers, heads, token_dim = (_config_int(config, key, where) for key in
+                                ("num_layers", "num_attention_heads", "token_dim"))
     expected = (info.num_layers, info.num_kv_heads, info.num_kv_heads * info.head_dim)
     if (layers, heads, token_dim) != expected:
         raise ValueError(f"{where}: adapter prefix shape (num_layers={layers}, num_attention_heads={heads}, "
                          f"token_dim={token_dim}) does not match the model's (layers, KV heads, KV width) = {expected}")
-    if tuple(weights.shape) != (n, layers * 2 * token_dim):
-        raise ValueError(f"{where}: prompt_embeddings {tuple(weights.shape)} != [{n}, {layers * 2 * token_dim}]")
+    _check_weights(where, weights, n, layers * 2 * token_dim, "num_layers * 2 * token_dim")
     prefix = weights.float().view(n, layers, 2, heads, info.head_dim).permute(1, 2, 3, 0, 4)
     return PrefixTuning(PrefixTuningConfig(n_virtual=n, init="random"), info, prefix=prefix.to(device))
