@@ -212,3 +212,26 @@ def test_shrinking_batch_compiles_once_more_not_per_size(gemma_embedding: nn.Mod
         assert torch.equal(got.token.ids, want.token.ids)
         torch.testing.assert_close(got.embeds, want.embeds, atol=1e-6, rtol=1e-6)
     assert _graphs() - before <= 4  # mix + embed, static then dynamic
+
+
+# --- half precision ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_mixture_is_rounded_once(dtype: torch.dtype) -> None:
+    # Twenty components of one token at weight 0.05 are that token's row. Rounding the weights to the model's dtype
+    # first made them sum to 1.00098 (bfloat16) or 0.99976 (float16) and moved the coordinates off the row.
+    torch.manual_seed(0)
+    embedding = nn.Embedding(83, 64).to(dtype)
+    ids = torch.full((3, 20), 7)
+    soft = SoftToken(ids, torch.full((3, 20), 0.05))
+    mixed = embed_sparse(embedding, soft)
+    assert mixed.dtype == dtype
+    torch.testing.assert_close(mixed, embedding(ids[:, 0]), atol=0, rtol=0)
+    # A general mixture: the float64 mixture of the same rows, rounded once to the dtype.
+    ids = torch.randint(0, 83, (16, 10))
+    weights = torch.softmax(torch.randn(16, 10) * 3, -1)
+    expected = torch.einsum("bk,bkd->bd", weights.double(), embedding(ids).double()).to(dtype)
+    mixed = embed_sparse(embedding, SoftToken(ids, weights))
+    ulp = torch.finfo(dtype).eps * expected.double().abs().clamp_min(torch.finfo(dtype).tiny)
+    assert ((mixed.double() - expected.double()).abs() <= ulp).all()  # within one rounding (+ float32 error)

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from transformers.generation.logits_process import MinPLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from softtok.soft.filters import FilterConfig, candidates, entropy, filter_candidates, tempered_probs
+from softtok.soft.filters import (
+    FilterConfig,
+    candidates,
+    entropy,
+    filter_candidates,
+    min_p_filter,
+    renormalize,
+    tempered_probs,
+    top_p_filter,
+)
 
 INF = float("inf")
 NAN = float("nan")
@@ -216,3 +225,113 @@ def test_top_k_larger_than_vocabulary_raises() -> None:
     with pytest.raises(ValueError, match=r"top_k=11 exceeds the vocabulary size 10"):
         candidates(probs, 11)
     assert candidates(probs, 10).ids.shape == (2, 10)  # K == V is allowed
+
+
+# --- underflow and overflow: tiny temperatures, tiny or huge weights, half-precision inputs -----------------
+
+
+def test_tiny_temperature_keeps_far_apart_logits_in_order() -> None:
+    # (logits - max) / T cannot overflow: dividing first sent 1e35 / 1e-4 and 5e34 / 1e-4 both to +inf
+    # (then shared the mass) and -1e35 / 1e-4, -2e35 / 1e-4 both to -inf (a "dead" row, made uniform).
+    logits = torch.tensor([[1e35, 5e34, -1e35], [-1e35, -2e35, -INF], [3.0, 2.9, -3.0]])
+    probs = tempered_probs(logits, 1e-4)
+    torch.testing.assert_close(probs, torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-45, 1e-50, 1e-300])
+def test_temperature_below_float32_range_is_greedy_with_shared_ties(temperature: float) -> None:
+    # 1e-50 is 0 in float32, where x / T would make the maximum 0 / 0 = NaN.
+    logits = torch.tensor([[1.0, 0.5, 1.0, -INF], [2.0, -1.0, 0.0, 1.999]])
+    probs = tempered_probs(logits, temperature)
+    torch.testing.assert_close(probs, torch.tensor([[0.5, 0.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]]), atol=0, rtol=0)
+
+
+def test_infinite_temperature_is_uniform_over_the_finite_logits() -> None:
+    logits = torch.tensor([[1.0, -INF, 300.0, NAN], [INF, 0.0, INF, 1.0]])
+    probs = tempered_probs(logits, INF)
+    torch.testing.assert_close(probs, torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.5, 0.0, 0.5, 0.0]]), atol=0, rtol=0)
+
+
+#: Ordinary float32 logits (scaled up by the tests below).
+LOGIT_32 = st.floats(-30, 30, width=32)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [(torch.float32, 1.0), (torch.float32, 1e30), (torch.float32, 1e36), (torch.bfloat16, 1e36),
+     (torch.bfloat16, 1.0), (torch.float16, 1.0), (torch.float16, 1e3)],
+    ids=str,
+)
+@pytest.mark.parametrize("temperature", [1e-4, 0.01, 0.6, 5.0, 1e3])
+@settings(max_examples=15, deadline=None)
+@given(values=arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(2, 12)), elements=LOGIT_32))
+def test_tempered_probs_match_a_float64_softmax(
+    values: np.ndarray, temperature: float, dtype: torch.dtype, scale: float
+) -> None:
+    # Logits of any magnitude the dtype holds (scale 1e36: |logit| up to 3e37, so logit / 1e-4 overflows float32)
+    # give the float64 softmax of the same logits: float64 cannot overflow on |logit| / T <= 3.4e42. Half-precision
+    # logits are widened first: the result is float32.
+    logits = (torch.from_numpy(values) * scale).to(dtype)
+    probs = tempered_probs(logits, temperature)
+    assert probs.dtype == torch.float32
+    assert_distribution_rows(probs)
+    expected = torch.softmax(logits.double() / temperature, -1)
+    # float32 rounds (logits - max) to 6e-8 relative: at most ~1e-6 absolute on a probability.
+    torch.testing.assert_close(probs.double(), expected, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ([[3e-31, 1e-31, 0.0]], [[0.75, 0.25, 0.0]]),  # the total 4e-31 was clamped to 1e-30: rows summed to 0.4
+        ([[3e-40, 1e-40]], [[0.75, 0.25]]),  # subnormal float32 weights
+        ([[3e38, 3e38, 0.0]], [[0.5, 0.5, 0.0]]),  # the total overflows to inf (was 0, 0, 0)
+        ([[INF, 1.0, INF]], [[0.5, 0.0, 0.5]]),  # +inf entries share the mass (was NaN)
+        ([[0.0, 0.0, 0.0]], [[1.0, 0.0, 0.0]]),  # no mass: the first entry
+    ],
+)
+def test_renormalize_at_the_ends_of_the_float_range(weights: list, expected: list) -> None:
+    torch.testing.assert_close(renormalize(torch.tensor(weights)), torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponent"),
+    [(torch.float32, e) for e in (-44, -40, -37, -31, -10, 0, 10, 30, 37, 38)]
+    + [(torch.bfloat16, e) for e in (-40, -31, 0, 37, 38)]
+    + [(torch.float16, e) for e in (-7, -5, 0, 4)],
+    ids=str,
+)
+@settings(max_examples=10, deadline=None)
+@given(values=arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 10)), elements=st.floats(0.0, 1.0)))
+def test_renormalize_is_scale_free(values: np.ndarray, dtype: torch.dtype, exponent: int) -> None:
+    # Any positive scale of a row gives the same distribution, in the input dtype: totals near the bottom of the
+    # range (10^-44 is subnormal in float32, 10^-7 in float16) or overflowing it (10 entries of up to 10^38).
+    values[:, 0] = np.maximum(values[:, 0], 0.5)  # some mass in every row
+    weights = (torch.from_numpy(values) * 10.0**exponent).to(dtype)
+    out = renormalize(weights)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all() and (out >= 0).all()
+    expected = weights.double() / weights.double().sum(-1, keepdim=True)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(out.double(), expected, atol=2 * eps, rtol=2 * eps)
+    torch.testing.assert_close(out.double().sum(-1), torch.ones(out.shape[0], dtype=torch.float64),
+                               atol=values.shape[1] * eps, rtol=0)
+
+
+def test_filters_renormalise_tiny_rows() -> None:
+    # min-p on a row of total 6e-31 (a caller's unnormalised scores): kept entries must still sum to 1.
+    kept = min_p_filter(torch.tensor([[4e-31, 2e-31, 1e-32]]), 0.1)
+    torch.testing.assert_close(kept, torch.tensor([[2 / 3, 1 / 3, 0.0]]))
+    # top-p's running mass is taken in float32 for half weights: 0.5 + 0.25 must not round past 0.75.
+    half = torch.tensor([[0.5, 0.25, 0.125, 0.125]], dtype=torch.float16)
+    torch.testing.assert_close(top_p_filter(half, 0.75).float(), torch.tensor([[2 / 3, 1 / 3, 0.0, 0.0]]),
+                               atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_entropy_of_half_precision_probs_with_zeros(dtype: torch.dtype) -> None:
+    # 0 log 0 = 0: clamping 0 to 1e-30 is a no-op in float16 (1e-30 rounds to 0), so 0 * log 0 was NaN.
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]], dtype=dtype)
+    ent = entropy(probs)
+    assert ent.dtype == torch.float32
+    torch.testing.assert_close(ent, torch.tensor([math.log(2), 0.0, math.log(4)]), atol=1e-6, rtol=0)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from test_filters import assert_distribution_rows, filter_configs, hf_filtered, logits_batches
+from tiny import tiny_model
 from torch import nn
 
+from softtok.generation import GenerationConfig, SoftThinkingGenerator
 from softtok.soft import (
     MIXERS,
     DirichletMixer,
@@ -271,3 +275,202 @@ def test_build_mixer_by_name() -> None:
 def test_bad_mixer_values_raise(build, named: str) -> None:
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         build()
+
+
+# --- small concentrations and temperatures: no underflow, no overflow -------------------------------------
+# Statistical checks use n = 20,000 rows and a fixed seed. A frequency or a mean has standard error
+# se = sqrt(var / n) (at most sqrt(0.25 / 20000) = 0.0035 for a frequency); the bands are 5 se, which a
+# correct sampler leaves with probability < 1e-6 per check, and which the faulty one missed by 10-100 se.
+
+N_DRAWS = 20_000
+P3 = [0.5, 0.3, 0.2]
+ALPHAS = [1e-3, 1e-2, 0.1, 1.0, 10.0, 1e3]
+
+
+def draws(mixer: Mixer, weights: list[float], n: int = N_DRAWS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` mixtures of the one candidate row ``weights``: the top ids ``[n]`` and the dense weights ``[n, C]``."""
+    cand = candidates_of([weights] * n)
+    torch.manual_seed(seed)
+    ids, mixed = mixer(cand.ids, cand.weights)
+    return ids[:, 0], SoftToken(ids, mixed).to_dense(len(weights))
+
+
+def assert_frequencies(top: torch.Tensor, p: list[float]) -> None:
+    """The top-1 ids are a sample of ``p``: every frequency within 5 se, and a chi-square test at P < 1e-5."""
+    n, expected = top.shape[0], torch.tensor(p, dtype=torch.float64)
+    freq = torch.bincount(top, minlength=len(p)).double() / n
+    se = (expected * (1 - expected) / n).sqrt()
+    assert ((freq - expected).abs() <= 5 * se).all(), (freq, expected)
+    chi2 = ((freq - expected) ** 2 / expected).sum() * n
+    limit = {2: 23.0, 4: 28.5}[len(p) - 1]  # P(chi2_df > limit) ~ 1e-5 for df = 2, 4
+    assert chi2 < limit, chi2
+
+
+def assert_rows_sum_to_one(weights: torch.Tensor) -> None:
+    """Finite, non-negative rows summing to 1 within the dtype's precision (K roundings of eps / 2)."""
+    assert torch.isfinite(weights).all() and (weights >= 0).all()
+    eps = torch.finfo(weights.dtype).eps
+    assert (weights.double().sum(-1) - 1).abs().max() <= weights.shape[-1] * eps
+
+
+def test_dirichlet_small_alpha_keeps_the_rows_normalised() -> None:
+    # Issue 8: Gamma(0.0005) draws underflowed in float32, most rows summed to 3.5e-8 and the top-1 frequency was
+    # [0.96, 0.03, 0.01]. As alpha -> 0, Dir(alpha p) puts nearly all its mass on one component, chosen with
+    # probability p_i (the bias at alpha = 1e-3 is below 1e-3, 2e6 draws: [0.4995, 0.3002, 0.2003]).
+    cand = candidates_of([P3] * N_DRAWS)
+    torch.manual_seed(0)
+    ids, weights = DirichletMixer(3, alpha=1e-3)(cand.ids, cand.weights)
+    assert weights.dtype == torch.float32
+    assert_rows_sum_to_one(weights)
+    assert_frequencies(ids[:, 0], P3)
+
+
+@pytest.mark.parametrize("alpha", [1e-300, 1e-6, 1e-3, 1e-2, 0.1])
+def test_dirichlet_top1_tends_to_p_as_alpha_vanishes(alpha: float) -> None:
+    p = [0.4, 0.3, 0.15, 0.1, 0.05]
+    top, dense = draws(DirichletMixer(5, alpha=alpha), p, seed=1)
+    assert_frequencies(top, p)
+    assert_rows_sum_to_one(dense)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_dirichlet_mean_and_variance(alpha: float) -> None:
+    # p' ~ Dir(alpha p): E p'_i = a_i / a_0 and Var p'_i = a_i (a_0 - a_i) / (a_0^2 (a_0 + 1)), a = alpha p. The
+    # last entry (p <= 1e-7) is dropped, so a_0 = alpha (1 - 5e-8). No top-K cut (K = C), which would change both.
+    p = [0.4, 0.25, 0.2, 0.1, 0.05 - 5e-8, 5e-8]
+    a = torch.tensor(p[:-1], dtype=torch.float64) * alpha
+    a0 = a.sum()
+    mean, var = a / a0, a * (a0 - a) / (a0**2 * (a0 + 1))
+    _, dense = draws(DirichletMixer(len(p), alpha=alpha), p, seed=2)
+    assert (dense[:, -1] == 0).all(), "entries with p <= 1e-7 must get no mass"
+    assert_rows_sum_to_one(dense)
+    w = dense[:, :-1].double()
+    sample_mean, centred = w.mean(0), w - w.mean(0)
+    sample_var = centred.pow(2).mean(0) * N_DRAWS / (N_DRAWS - 1)
+    assert ((sample_mean - mean).abs() <= 5 * (var / N_DRAWS).sqrt()).all(), (sample_mean, mean)
+    # The sample variance has se sqrt((m4 - s^4) / n), estimated from the fourth central moment m4.
+    var_se = ((centred.pow(4).mean(0) - sample_var**2) / N_DRAWS).sqrt()
+    assert ((sample_var - var).abs() <= 5 * var_se).all(), (sample_var, var, var_se)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_dirichlet_symmetric_marginal_is_above_half_half_the_time(alpha: float) -> None:
+    # An exact distributional check for every alpha: with p_0 = 1/2 the marginal p'_0 ~ Beta(alpha / 2, alpha / 2)
+    # is symmetric about 1/2, so P(p'_0 > 1/2) = 1/2 (the faulty sampler gave 0.04 at alpha = 1e-3).
+    _, dense = draws(DirichletMixer(3, alpha=alpha), P3, seed=3)
+    above = (dense[:, 0] > 0.5).double().mean()
+    assert abs(above - 0.5) <= 5 * math.sqrt(0.25 / N_DRAWS), above
+
+
+def test_dirichlet_large_alpha_keeps_the_order_of_p() -> None:
+    # alpha = 1e3: sd(p'_0 - p'_1) ~ 0.02, so p'_0 < p'_1 is a 9-sigma event; alpha = inf is p itself.
+    top, dense = draws(DirichletMixer(3, alpha=1e3), P3, seed=4)
+    assert (top == 0).all()
+    _, exact = draws(DirichletMixer(3, alpha=float("inf")), P3, n=4)
+    torch.testing.assert_close(exact, torch.tensor([P3] * 4), atol=0, rtol=0)
+
+
+@st.composite
+def candidate_rows(draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted, renormalised candidates ``(ids, weights)`` with zeros and entries around the 1e-7 cutoff."""
+    batch, width = draw(st.integers(1, 4)), draw(st.integers(1, 12))
+    values = draw(arrays(np.float64, (batch, width), elements=st.one_of(
+        st.floats(0.0, 1.0), st.sampled_from([0.0, 1e-30, 5e-8, 1e-7, 2e-7, 1e-3]))))
+    values[:, 0] = np.maximum(values[:, 0], 0.1)
+    weights = torch.from_numpy(values)
+    weights = (weights / weights.sum(-1, keepdim=True)).float()
+    weights, order = weights.sort(dim=-1, descending=True, stable=True)
+    return order, weights
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=candidate_rows(),
+    alpha=st.one_of(
+        st.sampled_from([5e-324, 1e-300, 1e-30, 1e-3, 4.0, 1e30, 1e300, 1.7e308, float("inf")]),
+        st.floats(-300, 300).map(lambda e: 10.0**e),
+    ),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    data=st.data(),
+)
+def test_dirichlet_any_alpha_gives_sorted_distributions(rows, alpha: float, dtype: torch.dtype, data) -> None:
+    ids, weights = rows[0], rows[1].to(dtype)
+    max_topk = data.draw(st.integers(1, ids.shape[1]))
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    mixer = DirichletMixer(max_topk, alpha=alpha)
+    torch.manual_seed(seed)
+    out_ids, out = mixer(ids, weights)
+    assert out.dtype == dtype and out_ids.shape == out.shape == (ids.shape[0], min(max_topk, ids.shape[1]))
+    assert_rows_sum_to_one(out)
+    assert (out[:, :-1] >= out[:, 1:]).all()
+    dropped = torch.zeros_like(ids, dtype=torch.bool).scatter_(-1, ids, weights.double() <= 1e-7)  # by token id
+    assert (out[dropped.gather(-1, out_ids)] == 0).all(), "entries with p <= 1e-7 must get no mass"
+    torch.manual_seed(seed)
+    again_ids, again = mixer(ids, weights)
+    assert torch.equal(out_ids, again_ids) and torch.equal(out, again)
+
+
+@pytest.mark.parametrize("tau", [1e-38, 1e-300])
+def test_gumbel_tiny_tau_is_the_one_hot_gumbel_max_sample(tau: float) -> None:
+    # (log w + g) / tau overflowed float32 (inf - inf = NaN) from tau ~ 1e-37 down; 1e-300 is 0 in float32.
+    # Subtracting the maximum first leaves the exact limit: the one-hot of the Gumbel-max sample, distributed as w.
+    w = [0.4, 0.3, 0.15, 0.1, 0.05]
+    top, dense = draws(GumbelMixer(5, tau=tau), w, seed=5)
+    assert (dense.max(-1).values == 1).all() and ((dense == 0).sum(-1) == 4).all()
+    assert_frequencies(top, w)
+
+
+def test_gumbel_infinite_tau_is_uniform_over_the_support() -> None:
+    # tau = inf: the limit softmax(0) over the kept support; a zero weight stays at 0 (-inf / inf was NaN).
+    cand = candidates_of([[0.7, 0.3, 0.0]] * 4)
+    _, weights = GumbelMixer(3, tau=float("inf"))(cand.ids, cand.weights)
+    torch.testing.assert_close(weights, torch.tensor([[0.5, 0.5, 0.0]] * 4), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_weights_give_finite_rows_in_their_dtype(variant: str, dtype: torch.dtype) -> None:
+    # Rows with zero weights in float16: Mixture of Inputs took 0 * log(clamp(0, 1e-30)) with 1e-30 -> 0 in float16,
+    # which is 0 * -inf = NaN. Every mixer computes in >= float32 and returns the input dtype; with the same seed the
+    # result is the float32 result rounded.
+    cand = candidates_of([[0.6, 0.3, 0.1, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25, 0.0]] * 8)
+    half = cand.weights.to(dtype)
+    mixer = make_mixer(variant, 4, 5)
+    torch.manual_seed(6)
+    ids, weights = mixer(cand.ids, half)
+    assert weights.dtype == dtype
+    assert_rows_sum_to_one(weights)
+    torch.manual_seed(6)
+    ids32, weights32 = mixer(cand.ids, half.float())
+    assert torch.equal(ids, ids32)
+    torch.testing.assert_close(weights, weights32.to(dtype), atol=0, rtol=0)
+
+
+# --- through the generator --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_generator_dirichlet_small_alpha_embeddings_are_not_collapsed(arch: str, tokenizer) -> None:
+    # Issue 8 through the decode loop: with mode="dirichlet", alpha=0.01 about half of the soft embeddings had
+    # ~1e-8 of the norm of the rows they mix (their weights summed to ~3.5e-8). Every thinking step must feed the
+    # mixture of its rows with weights summing to 1: the norm equals that of the normalised mixture, and (random
+    # 64-d rows, K <= 10, nearly one-hot at this alpha) is at least a tenth of the rows' weighted mean norm.
+    model = tiny_model(arch)
+    cfg = GenerationConfig(mode="dirichlet", alpha=0.01, max_think_tokens=32, max_answer_tokens=0)
+    gen = SoftThinkingGenerator(model, tokenizer, cfg)
+    steps = []
+    gen.soft.register_forward_hook(lambda module, args, step: steps.append(step))
+    torch.manual_seed(0)
+    gen.generate(["ab", "hello world 12", "x", "7 + 8 ="])
+    assert steps
+    embedding = model.get_input_embeddings()
+    for step in steps:
+        weights = step.token.weights.double()
+        assert_rows_sum_to_one(step.token.weights)
+        rows = embedding(step.token.ids).double()  # [B, K, D]
+        normalised = weights / weights.sum(-1, keepdim=True)
+        mixed = torch.einsum("bk,bkd->bd", normalised, rows)
+        norms = step.embeds.double().norm(dim=-1)
+        torch.testing.assert_close(norms, mixed.norm(dim=-1), atol=1e-5, rtol=1e-4)
+        row_norms = (normalised * rows.norm(dim=-1)).sum(-1)
+        assert (norms >= 0.1 * row_norms).all(), (norms, row_norms)

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from softtok.soft.filters import FilterConfig, check_range, entropy, filter_candidates, tempered_probs
+from softtok.soft.filters import (
+    FilterConfig,
+    check_range,
+    entropy,
+    filter_candidates,
+    tempered_probs,
+    working_dtype,
+)
 from softtok.soft.mixers import HardMixer, Mixer
 from softtok.soft.token import SoftToken
 
@@ -22,9 +29,17 @@ def embedding_scale(embedding: nn.Module) -> torch.Tensor | float:
 
 
 def embed_sparse(embedding: nn.Module, soft: SoftToken) -> torch.Tensor:
-    """``sum_k w_k * embedding(id_k)`` for ``[B, K]`` components: ``[B, D]``, no ``[B, V]`` product."""
+    """``sum_k w_k * embedding(id_k)`` for ``[B, K]`` components: ``[B, D]``, no ``[B, V]`` product.
+
+    The weighted sum is taken in at least float32 and cast to the embedding's dtype once,
+    so half-precision models get the mixture of their rows rounded once: the weights are
+    not first rounded to bfloat16 / float16 (where they would no longer sum to 1, and
+    float16 flushes weights below ``6e-8`` to zero).
+    """
     rows = embedding(soft.ids)  # [B, K, D]
-    return torch.bmm(soft.weights.to(rows.dtype)[:, None, :], rows)[:, 0]
+    wide = working_dtype(rows.dtype)
+    mixed = torch.bmm(soft.weights.to(wide)[:, None, :], rows.to(wide))[:, 0]
+    return mixed.to(rows.dtype)
 
 
 def embed_dense(embedding: nn.Module, probs: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ Every filter keeps the row's argmax, so no row is ever emptied (no NaN).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,30 +50,46 @@ class FilterConfig:
         check_range("min_p", self.min_p, 0.0, 1.0)
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to compute in: ``dtype`` promoted to at least float32 (float16 and bfloat16 -> float32)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax(logits / T)`` in fp32; ``T == 0`` gives the argmax one-hot.
+    """``softmax(logits / T)`` in float32 (any input dtype); ``T == 0`` gives the argmax one-hot.
+
+    The row maximum ``m`` is subtracted *before* dividing, ``softmax((logits - m) / T)``,
+    which is the same distribution but cannot overflow: the top entry is exactly
+    ``0 / T = 0`` however small ``T`` is (even one that underflows in float32), the others
+    are ``<= 0``. So a tiny ``T`` gives the argmax one-hot (ties share the mass) instead of
+    ``inf / inf = NaN``, and logits far apart keep their order instead of all overflowing
+    to ``+-inf``. ``T = inf`` gives the uniform distribution over the non-``-inf`` logits.
 
     NaN logits count as ``-inf`` (no mass); ``+inf`` ones share the mass. Rows that are
     entirely ``-inf`` (or NaN) become uniform instead of NaN.
     """
     logits = logits.float()
-    # nan_to_num's default would turn -inf into the lowest finite float, which a T < 1 then
-    # overflows back to -inf; keep -inf explicit so all-(-inf) rows are detected below.
+    logits = torch.where(torch.isnan(logits), float("-inf"), logits)
     if temperature == 0:
-        logits = torch.nan_to_num(logits, nan=float("-inf"), neginf=float("-inf"))
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    # Divide first, then clamp +inf to the largest float so the softmax's max-subtraction stays finite.
-    logits = torch.nan_to_num(
-        logits / temperature, nan=float("-inf"), posinf=torch.finfo(torch.float32).max, neginf=float("-inf")
+    top = logits.amax(-1, keepdim=True)
+    # <= 0, exactly 0 at the maxima; a +inf maximum: the +inf entries share the mass.
+    shifted = torch.where(
+        torch.isposinf(top), torch.where(torch.isposinf(logits), 0.0, float("-inf")), logits - top
     )
-    dead = torch.isneginf(logits).all(-1, keepdim=True)
-    logits = torch.where(dead, torch.zeros_like(logits), logits)
-    return torch.softmax(logits, dim=-1)
+    shifted = torch.where(torch.isneginf(top), 0.0, shifted)  # all -inf: uniform
+    if math.isinf(temperature):
+        scaled = torch.where(torch.isneginf(shifted), float("-inf"), 0.0)
+    else:
+        # 0 / T is 0 even when T underflows to 0 in float32 (which would make it NaN).
+        scaled = torch.where(shifted == 0, 0.0, shifted / temperature)
+    return torch.softmax(scaled, dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of each row of ``probs`` (``0 log 0 = 0``)."""
-    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+    """Shannon entropy in nats of each row of ``probs`` (``0 log 0 = 0``), in at least float32."""
+    probs = probs.to(working_dtype(probs.dtype))
+    return -torch.special.xlogy(probs, probs).sum(-1)
 
 
 def candidates(probs: torch.Tensor, top_k: int = 0) -> SoftToken:
@@ -88,18 +105,36 @@ def candidates(probs: torch.Tensor, top_k: int = 0) -> SoftToken:
 
 
 def renormalize(weights: torch.Tensor) -> torch.Tensor:
-    """Scale rows to sum to 1; a row with no mass puts it all on its first entry."""
-    total = weights.sum(-1, keepdim=True)
-    first = torch.zeros_like(weights)
+    """Scale rows of non-negative ``weights`` to sum to 1; a row with no mass puts it all on its first entry.
+
+    ``w / sum(w)`` computed in at least float32 and returned in the input dtype. It stays
+    exact at both ends of the float range: a tiny total (``1e-30``, or subnormal) is divided
+    by as it is, and a total that overflows to ``inf`` (entries near the float maximum)
+    is avoided by dividing by the row maximum first, ``+inf`` entries sharing the mass.
+    """
+    wide = weights.to(working_dtype(weights.dtype))
+    total = wide.sum(-1, keepdim=True)
+    top = wide.amax(-1, keepdim=True)
+    overflow = torch.isinf(total)
+    by_top = torch.where(
+        torch.isposinf(top),
+        torch.isposinf(wide).to(wide.dtype),
+        wide / torch.where(torch.isfinite(top) & (top > 0), top, 1.0),
+    )
+    wide = torch.where(overflow, by_top, wide)
+    total = torch.where(overflow, wide.sum(-1, keepdim=True), total)
+    first = torch.zeros_like(wide)
     first[..., 0] = 1.0
-    return torch.where(total > 0, weights / total.clamp_min(1e-30), first)
+    normalised = torch.where(total > 0, wide / torch.where(total > 0, total, 1.0), first)
+    return normalised.to(weights.dtype)
 
 
 def top_p_filter(weights: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus filter on descending-sorted ``weights``: keep the smallest prefix with mass >= ``top_p``."""
     if top_p >= 1.0:
         return weights
-    mass_before = torch.cumsum(weights, dim=-1) - weights
+    wide = weights.to(working_dtype(weights.dtype))
+    mass_before = torch.cumsum(wide, dim=-1) - wide
     return renormalize(torch.where(mass_before < top_p, weights, torch.zeros_like(weights)))
 
 

@@ -2,9 +2,13 @@
 
 Every mixer is a small ``nn.Module`` whose ``forward(ids, weights)`` takes sorted,
 renormalised candidates ``[B, C]`` and returns sorted mixture components ``[B, K]``
-(weights >= 0, rows summing to 1). Tensors in, tensors out, no Python-side data
-dependence: each mixer compiles to one graph. Randomness comes from torch's global
-generator, so ``torch.manual_seed`` makes a run reproducible.
+(weights >= 0, rows summing to 1, in the dtype of ``weights``). Tensors in, tensors out,
+no Python-side data dependence: each mixer compiles to one graph. Randomness comes from
+torch's global generator, so ``torch.manual_seed`` makes a run reproducible.
+
+The arithmetic runs in at least float32 (float64 where the draws need it), whatever the
+input dtype, so that no parameter value (``alpha``, ``tau``) can underflow a row to zero
+or overflow it to NaN.
 """
 
 from __future__ import annotations
@@ -14,13 +18,30 @@ import math
 import torch
 from torch import nn
 
-from softtok.soft.filters import check_range, renormalize
+from softtok.soft.filters import check_range, entropy, renormalize, working_dtype
 from softtok.soft.token import SoftToken
+
+#: Dirichlet resampling drops candidates with ``p <= DIRICHLET_DROP`` (as the reference code does).
+DIRICHLET_DROP = 1e-7
 
 
 def _sort_desc(ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     weights, order = torch.sort(weights, dim=-1, descending=True, stable=True)
     return ids.gather(-1, order), weights
+
+
+def _softmax_of_scores(scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(scores / scale)`` that stays exact for any ``scale`` in ``(0, inf]``.
+
+    The row maximum is subtracted *before* dividing, so the largest entry is exactly
+    ``0 / scale = 0`` (weight 1 before normalising) however small ``scale`` is, and the
+    others are ``<= 0`` (``-inf`` at worst: weight 0, never NaN). ``-inf`` scores stay
+    ``-inf`` (no weight) also for ``scale = inf``. A row needs one finite score.
+    """
+    shifted = scores - scores.amax(-1, keepdim=True)
+    shifted = torch.where(torch.isneginf(scores), float("-inf"), shifted / scale)
+    weights = torch.exp(shifted)
+    return weights / weights.sum(-1, keepdim=True)  # the total is >= 1: the maximum contributes exp(0)
 
 
 class Mixer(nn.Module):
@@ -54,11 +75,36 @@ class TopKMixer(Mixer):
 class DirichletMixer(Mixer):
     """Dirichlet resampling ``p' ~ Dir(alpha * p)`` of the filtered distribution, then the top-K cut.
 
-    Entries with ``p <= 1e-7`` are dropped before sampling (as in the reference code).
+    Randomised Soft Thinking ("LLMs are Single-threaded Reasoners", 2025) resamples the
+    whole filtered candidate set from a Dirichlet centred on it, ``E[p'_i] = p_i`` and
+    ``Var[p'_i] = p_i (1 - p_i) / (alpha + 1)``, then keeps the ``max_topk`` largest
+    weights, renormalised. Candidates with ``p <= 1e-7`` are dropped first (weight exactly
+    0), as in the reference code; a row's largest candidate is always kept.
+
+    A Dirichlet draw is ``p'_i = G_i / sum_j G_j`` with ``G_i ~ Gamma(a_i, 1)``,
+    ``a_i = alpha * p_i``. For a small shape the Gamma draw itself underflows
+    (``P(G < x) ~ x^a / Gamma(a + 1)``: at ``a = 1e-3``, 9 draws in 10 fall below the
+    smallest normal float32, 1.2e-38), which used to collapse whole rows. So the draws are
+    taken in log space with the small-shape boost of Marsaglia & Tsang (2000, "A simple
+    method for generating gamma variables", ACM TOMS 26(3)),
+    ``Gamma(a) = Gamma(a + 1) * U^(1/a)`` with ``U ~ U(0, 1]``::
+
+        log G_i = log Gamma(a_i + 1) + log(U_i) / a_i
+        p'      = softmax(log G)                      # float64, max-subtracted
+
+    The shape ``a_i + 1 >= 1`` never underflows, and the softmax puts exactly 1 on the
+    largest draw before normalising, so a row sums to 1 for every ``alpha > 0``. So that
+    ``log(U) / a`` stays finite even when ``a_i`` underflows float64 (``alpha`` down to
+    5e-324), the scores are computed scaled by ``s = min(alpha, 1)``,
+    ``s * log G_i = s * log Gamma(a_i + 1) + log(U_i) * (s / alpha) / p_i``, and
+    ``p' = softmax(scaled / s)`` with the maximum subtracted before dividing. As
+    ``alpha -> 0`` all the mass goes to one candidate, candidate ``i`` with probability
+    ``p_i``; as ``alpha -> inf`` the draw tends to ``p`` (``alpha = inf`` returns ``p``).
 
     Args:
         max_topk: Components kept after resampling.
-        alpha: Concentration scale, > 0; large alpha reproduces ``p``.
+        alpha: Concentration scale, > 0; large alpha reproduces ``p``, small alpha gives
+            nearly one-hot draws.
     """
 
     def __init__(self, max_topk: int = 10, alpha: float = 4.0) -> None:
@@ -67,17 +113,34 @@ class DirichletMixer(Mixer):
         self.alpha = float(alpha)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keep = weights > 1e-7
-        concentration = torch.where(keep, weights * self.alpha, torch.ones_like(weights))
-        draws = torch.where(keep, torch._standard_gamma(concentration), torch.zeros_like(weights))
-        ids, draws = _sort_desc(ids, draws)
-        return self._cut(ids, draws)
+        p = weights.double()
+        top = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, p.argmax(-1, keepdim=True), True)
+        keep = (p > DIRICHLET_DROP) | top
+        if math.isinf(self.alpha):  # the limit: no noise
+            resampled = torch.where(keep, p, 0.0)
+        else:
+            scale = min(self.alpha, 1.0)
+            p_kept = torch.where(keep, p, 1.0).clamp_min(DIRICHLET_DROP)  # > 0; only the kept entries matter
+            boosted = torch._standard_gamma(self.alpha * p_kept + 1.0)
+            log_u = torch.log1p(-torch.rand_like(p))  # log of U = 1 - rand in (0, 1]: finite
+            # A shape near the float64 maximum (alpha ~ 1.8e308) can draw inf: cap its log so scores stay finite.
+            log_boosted = torch.log(boosted).clamp_max(torch.finfo(torch.float64).max)
+            scores = scale * log_boosted + log_u * (scale / self.alpha) / p_kept
+            resampled = _softmax_of_scores(torch.where(keep, scores, float("-inf")), scale)
+        ids, resampled = _sort_desc(ids, resampled)
+        ids, resampled = self._cut(ids, resampled)
+        return ids, resampled.to(weights.dtype)
 
 
 class GumbelMixer(Mixer):
     """Gumbel-Softmax over the top-K weights: ``softmax((log w + g) / tau)``, re-sorted.
 
-    After re-sorting, the shown token (``ids[:, 0]``) is a Gumbel-max sample of ``w``.
+    ``g_i = -log(-log U_i)`` are standard Gumbel draws (Jang et al. 2017, "Categorical
+    reparameterization with Gumbel-Softmax"). After re-sorting, the shown token
+    (``ids[:, 0]``) is a Gumbel-max sample of ``w`` for every ``tau``. The softmax is taken
+    in float64 with the row maximum subtracted before dividing by ``tau``, so a tiny ``tau``
+    gives the exact one-hot of the Gumbel-max sample (never ``inf / inf = NaN``) and
+    ``tau = inf`` the uniform mixture over the kept support.
 
     Args:
         max_topk: Components kept.
@@ -90,18 +153,21 @@ class GumbelMixer(Mixer):
         self.tau = float(tau)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, weights = self._cut(ids, weights)
-        u = torch.rand_like(weights).clamp_(1e-10, 1.0 - 1e-7)
+        ids, cut = self._cut(ids, weights.to(working_dtype(weights.dtype)))
+        # float32 uniforms as before (a seed draws the same noise), widened for the arithmetic.
+        u = torch.rand_like(cut, dtype=torch.float32).clamp_(1e-10, 1.0 - 1e-7).double()
         gumbel = -torch.log(-torch.log(u))
-        mixed = torch.softmax((torch.log(weights) + gumbel) / self.tau, dim=-1)
-        return _sort_desc(ids, mixed)
+        mixed = _softmax_of_scores(torch.log(cut.double()) + gumbel, self.tau)
+        ids, mixed = _sort_desc(ids, mixed)
+        return ids, mixed.to(weights.dtype)
 
 
 class MixtureOfInputsMixer(Mixer):
     """Mixture of Inputs: blend the top-K distribution with a sampled token by normalised entropy.
 
     ``q = (p_K + beta * onehot(s)) / (1 + beta)``, ``Hn = H(p_K) / ln K`` and the input is
-    ``Hn * q + (1 - Hn) * onehot(s)``, with ``s`` sampled from ``p_K``.
+    ``Hn * q + (1 - Hn) * onehot(s)``, with ``s`` sampled from ``p_K``. Computed in at
+    least float32 (``0 log 0 = 0``), returned in the input dtype.
 
     Args:
         max_topk: ``K``, default 20.
@@ -114,21 +180,23 @@ class MixtureOfInputsMixer(Mixer):
         self.beta = float(beta)
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, weights = self._cut(ids, weights)
-        k = weights.shape[-1]
-        sampled = torch.multinomial(weights, 1)
-        onehot = torch.zeros_like(weights).scatter_(-1, sampled, 1.0)
-        q = (weights + self.beta * onehot) / (1.0 + self.beta)
-        ent = -(weights * torch.log(weights.clamp_min(1e-30))).sum(-1, keepdim=True)
+        ids, cut = self._cut(ids, weights.to(working_dtype(weights.dtype)))
+        k = cut.shape[-1]
+        sampled = torch.multinomial(cut, 1)
+        onehot = torch.zeros_like(cut).scatter_(-1, sampled, 1.0)
+        q = (cut + self.beta * onehot) / (1.0 + self.beta)
+        ent = entropy(cut)[:, None]
         hn = (ent / math.log(k)).clamp(0.0, 1.0) if k > 1 else torch.zeros_like(ent)
-        return _sort_desc(ids, hn * q + (1.0 - hn) * onehot)
+        ids, mixed = _sort_desc(ids, hn * q + (1.0 - hn) * onehot)
+        return ids, mixed.to(weights.dtype)
 
 
 class HardMixer(Mixer):
     """Discrete decoding as a one-component mixture: the argmax, or a sample.
 
     Sampling draws ``torch.multinomial`` over the full vocabulary in id order, as
-    Hugging Face ``generate`` does, so a fixed seed gives the same tokens.
+    Hugging Face ``generate`` does, so a fixed seed gives the same tokens (the draw is
+    made in at least float32).
 
     Args:
         sample: Sample instead of taking the argmax.
@@ -144,7 +212,8 @@ class HardMixer(Mixer):
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sample:
-            dense = weights.new_zeros(weights.shape[0], self.vocab_size).scatter_(-1, ids, weights)
+            wide = weights.to(working_dtype(weights.dtype))
+            dense = wide.new_zeros(wide.shape[0], self.vocab_size).scatter_(-1, ids, wide)
             chosen = torch.multinomial(dense, 1)
         else:
             chosen = ids[:, :1]
