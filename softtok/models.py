@@ -193,17 +193,31 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
+    """Load only the tokenizer of a model (seconds), ready for batched generation.
+
+    Lets callers check what depends on the tokenizer (a think-end string, a chat template)
+    before the weights load. Arguments and errors as :func:`load_model`.
+    """
+    path = model_path(name_or_path)
+    _check_available(name_or_path, path)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     dtype: str | torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, ready for batched generation.
 
     Args:
-        name_or_path: ``"smollm2-135m"`` (the embedded default), a local folder, or a hub id.
+        name_or_path: ``"smollm2-135m"`` (the embedded default), ``"gemma3-270m"`` (optional
+            extra), a local folder, or a hub id.
         dtype: Weight dtype (``torch.float32``, ``"bf16"``...).
         device: Where to put the model.
+        tokenizer: Its tokenizer, if already loaded with :func:`load_tokenizer`.
 
     Returns:
         ``(model, tokenizer)``; the tokenizer pads on the left and has a pad token.
@@ -213,9 +227,8 @@ def load_model(
             (the message names it and the offline alternative).
     """
     dtype = resolve_dtype(dtype)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
     path = model_path(name_or_path)
-    _check_available(name_or_path, path)
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

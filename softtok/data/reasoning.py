@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -294,6 +295,20 @@ class ReasoningDataModule(LightningDataModule):
     def num_problems(self) -> int:
         """Number of distinct problems."""
         return len(self.records) // self.n_samples
+
+    def record_settings(self) -> dict[str, Any]:
+        """The settings that determine the records (for :class:`~softtok.callbacks.JsonlPredictionWriter`).
+
+        ``batch_size`` and ``num_workers`` are left out; a JSONL file is identified by its
+        name (the records' ``task`` is its stem) and a SHA-256 of its content, not by its folder.
+        """
+        common = {"n_samples": self.n_samples, "limit": self.limit}
+        if self.path is None:
+            return {"task": self.task, "task_config": json_safe(self.task_config), "size": self.size,
+                    "seed": self.seed, **common}
+        digest = hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
+        return {"file": Path(self.path).name, "file_sha256": digest, "format": self.format,
+                "question_field": self.question_field, "answer_field": self.answer_field, **common}
 
     # --------------------------------------------------------------- dataloaders
     def _loader(self, shuffle: bool) -> DataLoader:

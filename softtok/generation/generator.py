@@ -74,6 +74,22 @@ def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
     return (0.5 * (kl(logp) + kl(logq))).clamp_min(0.0)  # >= 0; rounding can give -1e-9 for equal rows
 
 
+def encode_think_end(tokenizer: PreTrainedTokenizerBase, think_end: str) -> list[int]:
+    """The ids of ``think_end``, fed when thinking is forced to end.
+
+    Raises:
+        ValueError: If the tokenizer cannot encode ``think_end`` so that it decodes back to it.
+    """
+    ids = tokenizer.encode(think_end, add_special_tokens=False)
+    if not ids or tokenizer.decode(ids).strip() != think_end.strip():
+        raise ValueError(
+            f"think_end={think_end!r} cannot be encoded by this tokenizer (it encodes to {ids} = "
+            f"{tokenizer.decode(ids)!r}); allowed: a string that round-trips, e.g. '</think>' for models with "
+            "thinking markers"
+        )
+    return ids
+
+
 def tail_tokens(strings: Sequence[str]) -> int:
     """How many trailing tokens to decode so that any of ``strings`` ending there is in the text.
 
@@ -124,12 +140,7 @@ class SoftThinkingGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config = config or GenerationConfig()
-        self.think_end_ids = tokenizer.encode(config.think_end, add_special_tokens=False)
-        if not self.think_end_ids or tokenizer.decode(self.think_end_ids).strip() != config.think_end.strip():
-            raise ValueError(
-                f"think_end={config.think_end!r} cannot be encoded by this tokenizer "
-                f"(it encodes to {self.think_end_ids} = {tokenizer.decode(self.think_end_ids)!r})"
-            )
+        self.think_end_ids = encode_think_end(tokenizer, config.think_end)
         embedding = model.get_input_embeddings()
         vocab = embedding.weight.shape[0]
         mixer_kwargs = config.mixer_kwargs
