@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny import tiny_model, tiny_tokenizer
+from tiny import QUESTIONS, tiny_tokenizer
 
 from softtok import demo
 from softtok.callbacks import read_jsonl
@@ -17,22 +17,7 @@ from softtok.modules import SoftThinkingModule, soft_thinking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "soft_thinking", "soft.yaml")
-QUESTIONS = [("1 + 1 =", "2"), ("2 + 3 =", "5"), ("Final answer: 7", "7"), ("9 - 4 =", "5"), ("a", "3")]
 
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture
-def data_file(tmp_path):
-    path = tmp_path / "problems.jsonl"
-    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS))
-    return str(path)
 
 
 def args(subcommand, model_dir, data_file, output, *extra):

@@ -52,6 +52,9 @@ def _configs() -> dict:
 
 ARCHS = tuple(_configs())
 
+#: Five (question, answer) problems for end-to-end recipe tests on a tiny saved model (see conftest).
+QUESTIONS = [("1 + 1 =", "2"), ("2 + 3 =", "5"), ("Final answer: 7", "7"), ("9 - 4 =", "5"), ("a", "3")]
+
 
 def tiny_sliding_model(window: int = 8, seed: int = 0) -> torch.nn.Module:
     """A tiny Gemma 3 text model whose first layer is sliding-window attention (a hybrid cache)."""
