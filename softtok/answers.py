@@ -3,7 +3,8 @@
 Two pure functions, shared by Soft Thinking evaluation and RL rewards:
 
 * :func:`extract_answer` pulls the final answer out of model text (``\\boxed{}``,
-  ``Final answer:``, ``####``, else the last number).
+  ``Final answer:``, ``####``, else the last numeric value, taken whole: ``3/4``,
+  ``\\frac{1}{2}``, ``10^{-3}``).
 * :func:`check_answer` decides whether it is right: with a reasoning-gym scorer
   when one is given, else with `math-verify <https://github.com/huggingface/Math-Verify>`_
   after a fast normalised string / numeric comparison.
@@ -11,7 +12,8 @@ Two pure functions, shared by Soft Thinking evaluation and RL rewards:
 Since the verdicts serve as rewards, the rules lean against false positives:
 
 * **Unicode.** Before anything else, text is folded to the ASCII forms of signs,
-  digits and separators: the minus sign ``−`` (U+2212), small and fullwidth forms
+  digits and separators: the minus sign ``−`` (U+2212), the non-breaking hyphen and
+  figure dash (U+2011, U+2012), small and fullwidth forms
   (``－５`` -> ``-5``, ``＋`` -> ``+``, and the whole fullwidth ASCII block), every
   Unicode decimal digit (Arabic-Indic ``٣``, Devanagari, mathematical bold ...) via
   :mod:`unicodedata`, the Arabic decimal and thousands separators, and an en dash
@@ -60,7 +62,18 @@ __all__ = ["extract_answer", "check_answer", "normalize_answer", "to_number"]
 
 # A number: thousands-grouped ("1,234.5"), plain ("-12", "3.50") or leading-dot (".5").
 # The sign only counts when not glued to a preceding word or digit ("5-3" -> "3", "x=-3" -> "-3").
-_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+_NUM = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+# The last-value fallback takes a whole numeric expression, never a piece of one: a fraction
+# ("3/4", "\frac{1}{2}"), scientific notation ("1e-3"), a power ("10^{-3}", "2^10") or a
+# time / ratio ("12:30") is returned whole, not its denominator, exponent or minutes.
+_VALUE_RE = re.compile(
+    r"(?<![\w.\\])[-+]?(?:"
+    r"\\[dt]?frac\s*\{\s*[-+]?" + _NUM + r"\s*\}\s*\{\s*[-+]?" + _NUM + r"\s*\}"
+    r"|" + _NUM + r"(?:\s*/\s*[-+]?" + _NUM + r"|[eE][-+]?\d+|\s*\^\s*(?:\{\s*[-+]?" + _NUM + r"\s*\}|[-+]?\d+)"
+    r"|:\d{2}(?!\d))?"
+    r")"
+)
+_SCIENTIFIC_RE = re.compile(r"[-+]?" + _NUM + r"[eE][-+]?\d+")
 _FULL_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+|\d+\.)")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # "Final answer:" or "final answer is" (a bare "final answer" in prose is not a marker).
@@ -79,6 +92,8 @@ _FOLD = {0xFF01 + i: chr(0x21 + i) for i in range(0x5E)}  # fullwidth ASCII bloc
 _FOLD.update(
     {
         0x2212: "-",  # MINUS SIGN
+        0x2011: "-",  # NON-BREAKING HYPHEN (word processors' "-5")
+        0x2012: "-",  # FIGURE DASH (a dash the width of a digit)
         0xFE63: "-",  # SMALL HYPHEN-MINUS
         0xFE62: "+",  # SMALL PLUS SIGN
         0x066B: ".",  # ARABIC DECIMAL SEPARATOR
@@ -197,7 +212,10 @@ def extract_answer(text: str) -> str | None:
 
     Priority: the last ``\\boxed{...}`` with balanced braces; the text after the last
     ``Final answer:`` (case-insensitive, also ``The final answer is``) to the end of
-    its line; the text after the last ``####``; else the last number in the text.
+    its line; the text after the last ``####``; else the last numeric value in the text,
+    taken whole: a fraction (``3/4``, ``\\frac{1}{2}``), scientific notation (``1e-3``),
+    a power (``10^{-3}``) or a time (``12:30``), never its denominator or exponent alone;
+    scientific notation becomes a plain decimal (``1e-3`` -> ``0.001``).
     Surrounding markup (``**``, ``$``, quotes) and a trailing period are stripped, and
     a thousands-grouped number loses its commas (``1,234`` -> ``1234``).
 
@@ -224,6 +242,8 @@ def extract_answer(text: str) -> str | None:
         '1234'
         >>> extract_answer("12 + 7 = 19 apples")
         '19'
+        >>> extract_answer("The probability is 3/4.")
+        '3/4'
         >>> extract_answer("The answer is \\u22125.")
         '-5'
         >>> extract_answer("so the answer is \\\\boxed{\\\\frac{1}{2") is None
@@ -241,10 +261,15 @@ def extract_answer(text: str) -> str | None:
         found = _after_marker(text, pattern)
         if found:
             return found
-    numbers = _NUMBER_RE.findall(text)
-    if numbers:
-        return numbers[-1].replace(",", "")
-    return None
+    values = [match.group() for match in _VALUE_RE.finditer(text)]
+    if not values:
+        return None
+    last = values[-1]
+    if _FULL_NUMBER_RE.fullmatch(last):
+        return last.replace(",", "")
+    if _SCIENTIFIC_RE.fullmatch(last):
+        return format(Decimal(last.replace(",", "")).normalize(), "f")  # "1e-3" -> "0.001": compares exactly
+    return last
 
 
 def to_number(text: str) -> Fraction | None:

@@ -265,3 +265,47 @@ def test_exactness_check_timeout_means_not_verified():
 
 def test_docstring_examples():
     assert doctest.testmod(softtok.answers).failed == 0
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is 3/4.", "3/4"),
+        ("The probability is 1/2.", "1/2"),
+        ("The answer is $\\frac{1}{2}$", "\\frac{1}{2}"),
+        ("so it is -\\dfrac{3}{4} here", "-\\dfrac{3}{4}"),
+        ("Thus x = 10^{-3}", "10^{-3}"),
+        ("2^10", "2^10"),
+        ("So it is 1e-3", "0.001"),
+        ("about 3.5e3 metres", "3500"),
+        ("It ends at 12:30", "12:30"),
+        ("6 / 2 = 3", "3"),  # the last value, not a fraction across an equals sign
+        ("so 5-3 = 2", "2"),
+    ],
+)
+def test_last_value_fallback_takes_the_whole_expression(text, expected):
+    """The fallback never returns a denominator, an exponent or the minutes of a time: as an RL reward,
+    "3/4" scored against a reference "4" would be a false positive."""
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, reference, correct",
+    [
+        ("The answer is 3/4.", "4", False),
+        ("The answer is 3/4.", "\\frac{3}{4}", True),
+        ("The answer is 3/4.", "0.75", True),
+        ("Thus x = 10^{-3}", "-3", False),
+        ("Thus x = 10^{-3}", "0.001", True),
+        ("So it is 1e-3", "0.001", True),
+        ("So it is 1e-3", "3", False),
+    ],
+)
+def test_last_value_fallback_scores_right(text, reference, correct):
+    assert check_answer(extract_answer(text), reference) is correct
+
+
+@pytest.mark.parametrize("dash", ["\u2011", "\u2012"])  # non-breaking hyphen, figure dash
+def test_more_unicode_minus_forms(dash):
+    assert extract_answer(f"The answer is {dash}5.") == "-5"
+    assert check_answer(extract_answer(f"Final answer: {dash}7"), "-7")
