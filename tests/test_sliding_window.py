@@ -138,3 +138,27 @@ def test_real_sliding_window_model_gemma3_270m():
     probed = SoftThinkingGenerator(model, tok, GenerationConfig(probe=True, **kw)).generate([long_prompt])
     assert plain[0].think_ids == probed[0].think_ids and probed[0].think_tokens == 24
     assert 0.0 <= probed[0].js_top1 <= math.log(2) and 0.0 <= probed[0].js_top2 <= math.log(2)
+
+
+def test_static_cache_prefill_generates_one_row_and_refuses_a_batch_up_front(tokenizer):
+    """Finished rows leave the cache; a static cache cannot drop rows: one row decodes (equal to the
+    dynamic cache's result), a batch is refused before any decoding, for both decode loops."""
+    from softtok.generation import Prefill, plain_prefill
+
+    model = tiny_sliding_model(WINDOW)
+
+    def static_prefill(model, input_ids, attention_mask):
+        pre = plain_prefill(model, input_ids, attention_mask)
+        pre.cache = StaticCache(config=model.config, max_batch_size=input_ids.shape[0], max_cache_len=80)
+        return Prefill(pre.inputs_embeds, pre.attention_mask, pre.position_ids, pre.cache)
+
+    cfg = GenerationConfig(mode="soft", max_think_tokens=20, max_answer_tokens=4, think_end="</think>", probe=True)
+    gen = SoftThinkingGenerator(model, tokenizer, cfg)
+    (static,) = gen.generate([LONG], prefill=static_prefill)
+    (dynamic,) = gen.generate([LONG])
+    assert static.think_ids + static.answer_ids == dynamic.think_ids + dynamic.answer_ids
+    with pytest.raises(ValueError, match="drops finished rows from the KV cache, which Static"):
+        gen.generate([LONG, "1+1="], prefill=static_prefill)
+    ids, mask = batch(tokenizer, [LONG, "1+1="])
+    with pytest.raises(ValueError, match="drops finished rows"):
+        greedy_generate(model, ids, mask, prefill=static_prefill, max_new_tokens=3)

@@ -1,4 +1,8 @@
-"""Undoing KV-cache steps on every cache layer type transformers ships.
+"""KV-cache operations the decode loops need, on every cache layer type transformers ships.
+
+Undoing steps (:func:`snapshot_cache`, :func:`restore_cache`) works on every layer type;
+dropping finished rows (:func:`check_rows_removable`) only on dynamic and sliding-window
+layers, so other caches are refused before decoding when rows would have to leave.
 
 Some passes must leave the cache as they found it: the single-threaded probe feeds two
 alternative inputs at the same position before the real one. ``Cache.crop`` cannot do
@@ -22,11 +26,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import Cache
+from transformers import Cache, cache_utils
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 #: Layer types whose updates replace their tensors instead of writing into them.
 FUNCTIONAL_LAYERS: tuple[type, ...] = (DynamicLayer, DynamicSlidingWindowLayer)
+#: Layer types whose ``batch_select_indices`` removes rows from all of their state (static layers
+#: have none; quantised and linear-attention layers would keep part of their state unselected).
+ROW_SELECTABLE_LAYERS: tuple[type, ...] = tuple(
+    getattr(cache_utils, name)
+    for name in ("DynamicLayer", "DynamicSlidingWindowLayer", "DynamicIndexedLayer", "DummyLayer")
+    if hasattr(cache_utils, name)
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,31 @@ def _restore_value(value: Any, clone: Any) -> Any:
             return value
         return clone
     return copy.deepcopy(clone)  # keep the snapshot reusable for a second restore
+
+
+def check_rows_removable(cache: Cache, batch_size: int) -> None:
+    """Refuse, before decoding, a cache that finished rows could not leave.
+
+    The decode loops drop finished rows from the batch and the cache
+    (``cache.batch_select_indices``); that works on dynamic and sliding-window layers only.
+
+    Args:
+        cache: The cache the prefill builder returned.
+        batch_size: Rows in the batch (a single row never needs removing).
+
+    Raises:
+        ValueError: For ``batch_size > 1`` and a layer of another type, naming it.
+    """
+    if batch_size < 2:
+        return
+    other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) not in ROW_SELECTABLE_LAYERS})
+    if other:
+        allowed = ", ".join(t.__name__ for t in ROW_SELECTABLE_LAYERS)
+        raise ValueError(
+            f"batched decoding drops finished rows from the KV cache, which {', '.join(other)} layers cannot do "
+            f"(allowed: {allowed}); build the prefill with a DynamicCache (as plain_prefill and the soft prompts "
+            f"do) or generate one prompt at a time (batch of {batch_size} here)"
+        )
 
 
 def restore_cache(cache: Cache, snapshot: CacheSnapshot) -> None:

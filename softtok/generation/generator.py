@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from softtok.generation.cache import restore_cache, snapshot_cache
+from softtok.generation.cache import check_rows_removable, restore_cache, snapshot_cache
 from softtok.generation.config import MODES, GenerationConfig
 from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
 from softtok.soft.embedding import SoftEmbedding
@@ -205,6 +205,7 @@ class SoftThinkingGenerator:
         active = list(range(ids.shape[0]))  # original row index of each batch position
 
         pre = prefill(model, ids, mask)
+        check_rows_removable(pre.cache, ids.shape[0])
         logits = prefill_logits(model, pre)
         cache, mask = pre.cache, pre.attention_mask
         positions = pre.position_ids[:, -1] + 1

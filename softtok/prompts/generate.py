@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from transformers import PreTrainedModel
 
+from softtok.generation.cache import check_rows_removable
 from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
 
 
@@ -51,6 +52,7 @@ def greedy_generate(
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be >= 1")
     eos = set(eos_token_ids)
     pre = prefill(model, input_ids, attention_mask)
+    check_rows_removable(pre.cache, input_ids.shape[0])
     logits = prefill_logits(model, pre)
     cache, mask, positions = pre.cache, pre.attention_mask, pre.position_ids[:, -1] + 1
     embed = model.get_input_embeddings()
