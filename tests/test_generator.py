@@ -154,6 +154,10 @@ def test_random_modes_reproducible_with_seed(mode, tokenizer):
         (dict(top_p=1.5), "top_p=1.5"),
         (dict(answer_temperature=-0.5), "answer_temperature=-0.5"),
         (dict(probe=True, mode="discrete", temperature=0.0), "probe=True"),
+        (dict(stop_strings=("",)), r"stop_strings=\(''.*\) must be a list of non-empty strings"),
+        (dict(stop_strings="Final"), "stop_strings='Final' must be a list of non-empty strings"),
+        (dict(stop_strings=("\n", None)), "must be a list of non-empty strings"),
+        (dict(think_end=""), "think_end='' must be a non-empty string"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, match, tokenizer):
@@ -169,3 +173,7 @@ def test_custom_mixer_overrides_the_mode(tokenizer):
     cfg = GenerationConfig(mode="soft", max_topk=10, max_think_tokens=N, max_answer_tokens=N)
     results = SoftThinkingGenerator(model, tokenizer, cfg, mixer=TopKMixer(1)).generate(PROMPTS)
     assert [(r.think_ids + r.answer_ids)[:N] for r in results] == expected
+
+
+def test_stop_strings_list_becomes_a_tuple():
+    assert GenerationConfig(stop_strings=["\n", "Q:"]).stop_strings == ("\n", "Q:")

@@ -82,8 +82,16 @@ class GenerationConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if int(self.max_answer_tokens) != self.max_answer_tokens or self.max_answer_tokens < 0:
             raise ValueError(f"max_answer_tokens={self.max_answer_tokens!r} must be an integer >= 0")
-        if not self.think_end:
-            raise ValueError("think_end='' is empty; give the string that ends thinking, e.g. '</think>'")
+        if not isinstance(self.think_end, str) or not self.think_end:
+            raise ValueError(f"think_end={self.think_end!r} must be a non-empty string that ends thinking, "
+                             "e.g. '</think>'")
+        strings = self.stop_strings
+        if isinstance(strings, str) or not isinstance(strings, (list, tuple)) or not all(
+            isinstance(s, str) and s for s in strings
+        ):
+            raise ValueError(f"stop_strings={strings!r} must be a list of non-empty strings, e.g. ['\\n'] "
+                             "(a bare string would stop at any of its characters, an empty one at once)")
+        object.__setattr__(self, "stop_strings", tuple(strings))  # lists (YAML, dicts) become the declared tuple
         if self.probe and (self.mode == "discrete" or self.max_topk < 2):
             raise ValueError(f"probe=True needs a soft mode with max_topk >= 2 (mode={self.mode!r}, "
                              f"max_topk={self.max_topk})")
