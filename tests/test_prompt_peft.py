@@ -248,3 +248,26 @@ def test_import_names_what_disagrees(method, tokenizer, tmp_path):
     _edit(tmp_path / "a", {"num_virtual_tokens": None})
     with pytest.raises(ValueError, match="num_virtual_tokens=None; it must be an integer >= 1"):
         load_peft_adapter(tmp_path / "a", model)
+
+
+def test_import_refuses_malformed_adapters(tokenizer, tmp_path):
+    """Bad JSON, a list instead of settings, non-integer entries and non-finite weights: clear errors."""
+    model = tiny_model("llama")
+    folder = tmp_path / "a"
+    export_peft(PromptTuningConfig(n_virtual=5, init="sample_vocab").build(model, tokenizer), folder)
+    good = (folder / CONFIG_NAME).read_text()
+    for text, match in [("{not json", "is not valid JSON"), ("[1, 2]", "holds a list, not a JSON object")]:
+        (folder / CONFIG_NAME).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_peft_adapter(folder, model)
+    (folder / CONFIG_NAME).write_text(good)
+    for update, match in [({"token_dim": "64"}, "token_dim='64'; it must be an integer"),
+                          ({"token_dim": 0}, "token_dim=0; it must be an integer"),
+                          ({"num_transformer_submodules": "two"}, "num_transformer_submodules='two'")]:
+        _edit(folder, update)
+        with pytest.raises(ValueError, match=match):
+            load_peft_adapter(folder, model)
+        (folder / CONFIG_NAME).write_text(good)
+    _edit(folder, weights=torch.full((5, 64), float("nan")))
+    with pytest.raises(ValueError, match="320 non-finite values"):
+        load_peft_adapter(folder, model)

@@ -121,13 +121,19 @@ def read_peft_adapter(path: str | os.PathLike) -> tuple[dict, torch.Tensor]:
 
     Raises:
         FileNotFoundError: No ``adapter_config.json`` or no weights file.
-        ValueError: The weights hold no ``prompt_embeddings`` (not a prompt-learning adapter).
+        ValueError: The config is not a JSON object; the weights hold no ``prompt_embeddings``
+            (not a prompt-learning adapter), or non-finite or non-float ones.
     """
     folder = Path(path)
     config_file = folder / CONFIG_NAME
     if not config_file.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}: not a PEFT adapter folder")
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(config_file)!r} holds a {type(config).__name__}, not a JSON object of settings")
     if (folder / WEIGHTS_NAME).is_file():
         state = load_file(str(folder / WEIGHTS_NAME))
     elif (folder / LEGACY_WEIGHTS_NAME).is_file():
@@ -137,7 +143,12 @@ def read_peft_adapter(path: str | os.PathLike) -> tuple[dict, torch.Tensor]:
     if "prompt_embeddings" not in state:
         raise ValueError(f"{str(folder)!r} holds no 'prompt_embeddings' (keys: {sorted(state)[:5]}...): "
                          "not a prompt-learning adapter")
-    return config, state["prompt_embeddings"]
+    weights = state["prompt_embeddings"]
+    if not torch.is_floating_point(weights) or not torch.isfinite(weights).all():
+        bad = "not floating point" if not torch.is_floating_point(weights) else \
+            f"{int((~torch.isfinite(weights)).sum())} non-finite values (NaN/inf)"
+        raise ValueError(f"{str(folder)!r}: prompt_embeddings has {bad}; a usable adapter has finite weights")
+    return config, weights
 
 
 def _config_int(config: dict, key: str, where: str) -> int:
@@ -191,7 +202,8 @@ def load_peft_adapter(
                          f"allowed: {', '.join(PEFT_TYPES)}")
     if config.get("task_type") not in (None, "CAUSAL_LM"):
         raise ValueError(f"{where}: task_type={config['task_type']!r}; softtok imports CAUSAL_LM adapters only")
-    if int(config.get("num_transformer_submodules") or 1) != 1:
+    if config.get("num_transformer_submodules") is not None and _config_int(
+            config, "num_transformer_submodules", where) != 1:
         raise ValueError(f"{where}: num_transformer_submodules={config['num_transformer_submodules']} "
                          "(encoder-decoder adapter); softtok supports decoder-only models")
     info = ModelInfo.from_model(model)
@@ -202,7 +214,8 @@ def load_peft_adapter(
     n = _config_int(config, "num_virtual_tokens", where)
     device = model.get_input_embeddings().weight.device
     if peft_type == "PROMPT_TUNING":
-        token_dim = int(config.get("token_dim") or weights.shape[-1])
+        token_dim = _config_int(config, "token_dim", where) if config.get("token_dim") is not None \
+            else int(weights.shape[-1])
         _check_weights(where, weights, n, token_dim, "token_dim")
         if token_dim != info.hidden_size:
             raise ValueError(f"{where}: adapter hidden size token_dim={token_dim} does not match the model's "
