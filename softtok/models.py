@@ -17,6 +17,7 @@ directory; later loads read that copy.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -191,6 +192,36 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+#: Files whose content identifies a model folder's weights (see :func:`model_fingerprint`).
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _file_digest(path: Path, window: int = 1 << 20) -> str:
+    """SHA-256 of a file's size, first and last ``window`` bytes: cheap for multi-GB weights, content-based."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(window))
+        f.seek(max(0, size - window))
+        digest.update(f.read(window))
+    return digest.hexdigest()
+
+
+def model_fingerprint(name_or_path: str) -> dict[str, str]:
+    """What identifies a model for a resumable run: its name, plus for a local folder its weights.
+
+    Embedded names and hub ids are identified by name. A local folder is identified by its
+    ``config.json`` and weight files (name, size and a SHA-256 of their first and last MiB),
+    not by its path, so retraining into the same folder counts as another model while a
+    copy elsewhere counts as the same one.
+    """
+    folder = Path(name_or_path).expanduser()
+    if name_or_path in EMBEDDED or not folder.is_dir():
+        return {"name": name_or_path}
+    files = sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES)
+    return {"folder": folder.name, **{p.name: _file_digest(p) for p in files}}
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:

@@ -92,7 +92,32 @@ def test_crash_then_rerun_resumes_and_generates_only_the_missing(model_dir, data
     assert generated.calls == 1 and len(generated.prompts) == 1 and "user: a\n" in generated.prompts[0]
     assert strip(read_jsonl(out)) == strip(read_jsonl(reference))
     assert not list(tmp_path.glob("pred.jsonl.rank*.partial"))
-    assert json.loads((tmp_path / "pred.jsonl.settings.json").read_text())["settings"]["model"]["model"] == model_dir
+    recorded = json.loads((tmp_path / "pred.jsonl.settings.json").read_text())["settings"]["model"]["model"]
+    assert recorded["folder"] == os.path.basename(model_dir) and "model.safetensors" in recorded
+
+
+def test_resume_tells_retrained_weights_in_the_same_folder_from_a_copy(data_file, tmp_path, generated):
+    """The model is identified by its weights, not its path: retrained weights saved into the same folder
+    are another model (refused), the same weights in a copied folder are the same (resumed)."""
+    import shutil
+
+    from tiny import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    out = tmp_path / "pred.jsonl"
+    journal = crash_after_two_batches(str(folder), data_file, out, generated)
+    copy = tmp_path / "elsewhere" / "tiny-llama"
+    shutil.copytree(folder, copy)
+    tiny_model("llama", seed=1).save_pretrained(folder)  # "retrained" in place
+    generated.forbid = True
+    with pytest.raises(ValueError, match=r"other settings.*model\.model\.model\.safetensors"):
+        predict(str(folder), data_file, out)
+    assert len(read_jsonl(journal)) == 4
+    generated.forbid = False
+    predict(str(copy), data_file, out)
+    assert generated.calls == 1 and len(read_jsonl(out)) == 5
 
 
 def test_rerun_of_a_finished_run_keeps_it_and_generates_nothing(model_dir, data_file, tmp_path, generated):

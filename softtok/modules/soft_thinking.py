@@ -26,7 +26,7 @@ from softtok.generation import GenerationConfig, GenerationResult, SoftThinkingG
 from softtok.generation.generator import encode_think_end
 from softtok.metrics import SoftThinkingMetrics
 from softtok.metrics.passk import validate_ks
-from softtok.models import DEFAULT_MODEL, load_model, load_tokenizer, resolve_dtype
+from softtok.models import DEFAULT_MODEL, load_model, load_tokenizer, model_fingerprint, resolve_dtype
 
 #: The system prompt for chat models without thinking markers (SmolLM2), reasoning first,
 #: then a ``Final answer:`` line, which is the default ``think_end`` of the recipes.
@@ -163,11 +163,13 @@ class SoftThinkingModule(LightningModule):
     def record_settings(self) -> dict[str, Any]:
         """The settings that determine the prediction records (for :class:`~softtok.callbacks.JsonlPredictionWriter`).
 
-        ``generation.compile`` and ``pass_k`` are left out: they do not change the records.
+        ``generation.compile`` and ``pass_k`` are left out: they do not change the records. The
+        model is identified by :func:`~softtok.models.model_fingerprint` (a local folder by
+        its weights, so retraining into the same folder is another model).
         """
         generation = {k: v for k, v in dataclasses.asdict(self.generation).items() if k != "compile"}
         return {
-            "model": self.model_name,
+            "model": model_fingerprint(self.model_name),
             "dtype": str(resolve_dtype(self.dtype_name)),
             "system_prompt": self.system_prompt,
             "keep_trace": self.keep_trace,

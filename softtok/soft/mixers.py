@@ -137,7 +137,9 @@ class GumbelMixer(Mixer):
 
     ``g_i = -log(-log U_i)`` are standard Gumbel draws (Jang et al. 2017, "Categorical
     reparameterization with Gumbel-Softmax"). After re-sorting, the shown token
-    (``ids[:, 0]``) is a Gumbel-max sample of ``w`` for every ``tau``. The softmax is taken
+    (``ids[:, 0]``) is a Gumbel-max sample of ``w`` as long as the mixed weights stay
+    distinct in float64 (at a huge ``tau``, 1e30 or ``inf``, they tie and the stable sort
+    shows the highest-``w`` id). The softmax is taken
     in float64 with the row maximum subtracted before dividing by ``tau``, so a tiny ``tau``
     gives the exact one-hot of the Gumbel-max sample (never ``inf / inf = NaN``) and
     ``tau = inf`` the uniform mixture over the kept support.
