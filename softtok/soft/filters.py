@@ -50,6 +50,10 @@ class FilterConfig:
         check_range("min_p", self.min_p, 0.0, 1.0)
 
 
+#: Temperatures below float32's smallest normal number are raised to it (see :func:`tempered_probs`).
+_TINY_T = torch.finfo(torch.float32).tiny
+
+
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype to compute in: ``dtype`` promoted to at least float32 (float16 and bfloat16 -> float32)."""
     return torch.promote_types(dtype, torch.float32)
@@ -60,36 +64,32 @@ def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
     The row maximum ``m`` is subtracted *before* dividing, ``softmax((logits - m) / T)``,
     which is the same distribution but cannot overflow: the top entry is exactly
-    ``0 / T = 0`` however small ``T`` is (even one that underflows in float32), the others
-    are ``<= 0``. So a tiny ``T`` gives the argmax one-hot (ties share the mass) instead of
-    ``inf / inf = NaN``, and logits far apart keep their order instead of all overflowing
-    to ``+-inf``. ``T = inf`` gives the uniform distribution over the non-``-inf`` logits.
+    ``0 / T = 0`` however small ``T`` is (a ``T`` below float32's smallest normal number,
+    1.2e-38, is raised to it: the result is the same one-hot for logits that differ by
+    more than about 1e-36), the others are ``<= 0``. So a tiny ``T`` gives the argmax one-hot (ties share the mass)
+    instead of ``inf / inf = NaN``, and logits far apart keep their order instead of all
+    overflowing to ``+-inf``. ``T = inf`` gives the uniform distribution over the
+    non-``-inf`` logits.
 
     NaN logits count as ``-inf`` (no mass); ``+inf`` ones share the mass. Rows that are
     entirely ``-inf`` (or NaN) become uniform instead of NaN.
     """
-    logits = logits.float()
-    logits = torch.where(torch.isnan(logits), float("-inf"), logits)
+    inf = float("inf")
+    logits = torch.nan_to_num(logits.float(), nan=-inf, posinf=inf, neginf=-inf)
     if temperature == 0:
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    top = logits.amax(-1, keepdim=True)
-    # <= 0, exactly 0 at the maxima; a +inf maximum: the +inf entries share the mass.
-    shifted = torch.where(
-        torch.isposinf(top), torch.where(torch.isposinf(logits), 0.0, float("-inf")), logits - top
-    )
-    shifted = torch.where(torch.isneginf(top), 0.0, shifted)  # all -inf: uniform
+    # <= 0, exactly 0 at the maxima. inf - inf = NaN -> 0: +inf maxima share the mass, and a
+    # row of -inf becomes all 0 (uniform).
+    shifted = torch.nan_to_num(logits - logits.amax(-1, keepdim=True), nan=0.0, posinf=inf, neginf=-inf)
     if math.isinf(temperature):
-        scaled = torch.where(torch.isneginf(shifted), float("-inf"), 0.0)
-    else:
-        # 0 / T is 0 even when T underflows to 0 in float32 (which would make it NaN).
-        scaled = torch.where(shifted == 0, 0.0, shifted / temperature)
-    return torch.softmax(scaled, dim=-1)
+        return torch.softmax(torch.where(torch.isneginf(shifted), -inf, 0.0), dim=-1)
+    return torch.softmax(shifted / max(temperature, _TINY_T), dim=-1)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of each row of ``probs`` (``0 log 0 = 0``), in at least float32."""
     probs = probs.to(working_dtype(probs.dtype))
-    return -torch.special.xlogy(probs, probs).sum(-1)
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)  # 1e-30 is a float32 number: 0 * log -> 0
 
 
 def candidates(probs: torch.Tensor, top_k: int = 0) -> SoftToken:
