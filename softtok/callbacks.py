@@ -35,6 +35,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from softtok.data.reasoning import json_safe
+
 #: Version of the ``<output>.settings.json`` layout.
 SETTINGS_FORMAT = 1
 #: Constructor arguments that do not change the records (left out of the fallback settings).
@@ -72,10 +74,6 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, sort_keys=True, default=repr))
-
-
 def _settings_of(obj: Any) -> dict[str, Any] | None:
     """``obj.record_settings()`` when it has one, else its ``hparams`` without batch size / workers."""
     if obj is None:
@@ -94,7 +92,7 @@ def run_settings(trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]
     without one, their ``hparams`` less ``batch_size`` / ``num_workers``), and the global
     seed of ``seed_everything``.
     """
-    return _json_safe({
+    return json_safe({
         "seed_everything": os.environ.get("PL_GLOBAL_SEED"),
         "model": _settings_of(pl_module),
         "data": _settings_of(getattr(trainer, "datamodule", None)),
