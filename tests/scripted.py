@@ -13,6 +13,9 @@ from transformers import GenerationConfig, LlamaConfig
 class ScriptedLM(nn.Module):
     """``logits[b, t] = script[position_ids[b, t]]``; the KV cache is unused.
 
+    Positions past the script repeat its last row: the engine keeps stepping finished rows
+    (their outputs ignored) until its next host check.
+
     Args:
         script: ``[P, V]`` logits per position.
     """
@@ -28,7 +31,7 @@ class ScriptedLM(nn.Module):
         return self.embed
 
     def forward(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=True, logits_to_keep=0):
-        return SimpleNamespace(logits=self.script[position_ids], cache=cache)
+        return SimpleNamespace(logits=self.script[position_ids.clamp(max=self.script.shape[0] - 1)], cache=cache)
 
 
 def peaked(vocab: int, token: int, height: float = 30.0) -> torch.Tensor:

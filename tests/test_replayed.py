@@ -362,7 +362,7 @@ def test_rows_leaving_a_prefix_cache_keep_the_other_rows_exact(arch, method, tok
     think_end = tokenizer.decode([eos])
     count_batch_select.clear()
     gen = SoftThinkingGenerator(model, tokenizer, discrete_config(think_end=think_end, max_think_tokens=steps,
-                                                                  max_answer_tokens=0))
+                                                                  max_answer_tokens=0, sync_every=1))
     results = gen.generate(TEXTS, prefill=prompt)
     assert count_batch_select and len(count_batch_select[0]) < len(TEXTS)
     for res, row in zip(results, recompute, strict=True):

@@ -140,9 +140,9 @@ def test_real_sliding_window_model_gemma3_270m():
     assert 0.0 <= probed[0].js_top1 <= math.log(2) and 0.0 <= probed[0].js_top2 <= math.log(2)
 
 
-def test_static_cache_prefill_generates_one_row_and_refuses_a_batch_up_front(tokenizer):
-    """Finished rows leave the cache; a static cache cannot drop rows: one row decodes (equal to the
-    dynamic cache's result), a batch is refused before any decoding, for both decode loops."""
+def test_static_cache_prefill_keeps_finished_rows_and_greedy_refuses_a_batch(tokenizer):
+    """A static cache cannot drop rows: the engine keeps finished rows in it (masked) and each row equals
+    its dynamic-cache result; greedy_generate, which drops finished rows, refuses a batch up front."""
     from softtok.generation import Prefill, plain_prefill
 
     model = tiny_sliding_model(WINDOW)
@@ -157,8 +157,10 @@ def test_static_cache_prefill_generates_one_row_and_refuses_a_batch_up_front(tok
     (static,) = gen.generate([LONG], prefill=static_prefill)
     (dynamic,) = gen.generate([LONG])
     assert static.think_ids + static.answer_ids == dynamic.think_ids + dynamic.answer_ids
-    with pytest.raises(ValueError, match="drops finished rows from the KV cache, which Static"):
-        gen.generate([LONG, "1+1="], prefill=static_prefill)
+    batched = gen.generate([LONG, "1+1="], prefill=static_prefill)
+    assert batched[0].think_ids + batched[0].answer_ids == dynamic.think_ids + dynamic.answer_ids
+    (short,) = gen.generate(["1+1="])
+    assert batched[1].think_ids + batched[1].answer_ids == short.think_ids + short.answer_ids
     ids, mask = batch(tokenizer, [LONG, "1+1="])
     with pytest.raises(ValueError, match="drops finished rows"):
         greedy_generate(model, ids, mask, prefill=static_prefill, max_new_tokens=3)

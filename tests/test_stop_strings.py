@@ -7,7 +7,7 @@ from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast
 
 from softtok.generation import GenerationConfig, SoftThinkingGenerator
-from softtok.generation.generator import tail_tokens
+from softtok.generation.stops import StreamMatcher
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,51 @@ def generate(tok, model, **kwargs):
     return SoftThinkingGenerator(model, tok, cfg).generate([[tok.convert_tokens_to_ids("<pad>")]])[0]
 
 
-def test_tail_covers_every_tokenization():
-    assert tail_tokens([]) == 0
-    assert tail_tokens(["\n"]) == 3
-    assert tail_tokens(["最终答案是", "ab"]) == 17  # 15 UTF-8 bytes: at most 15 byte-level tokens
+def first_match(matcher, ids):
+    """The first step at which the device matcher fires on the stream ``ids`` (one row), or None."""
+    history = matcher.empty(1)
+    for t, i in enumerate(ids):
+        history = matcher.push(history, torch.tensor([i]), torch.tensor([True]))
+        if matcher.matched(history).item():
+            return t
+    return None
+
+
+def first_in_text(tok, ids, string):
+    """Oracle: the first prefix of ``ids`` whose decoded text contains ``string``."""
+    return next((t for t in range(len(ids)) if string in tok.decode(ids[: t + 1])), None)
+
+
+@pytest.mark.parametrize("string", ["</think>", "Final answer:", "最终答案是", "\n\n", "is 4"])
+def test_stream_matcher_fires_where_the_text_first_contains_the_string(string, bpe):
+    """Random streams built from pieces of the string (bytes, merges, trailing text) and noise:
+    the device matcher fires exactly at the first prefix whose decoded text contains it."""
+    pieces = sorted({i for c in string for i in bpe.encode(c, add_special_tokens=False)}
+                    | set(bpe.encode(string, add_special_tokens=False))
+                    | set(bpe.encode(string + " the", add_special_tokens=False))
+                    | set(bpe.encode("answer is 42", add_special_tokens=False)))
+    matcher = StreamMatcher(bpe, [string], "cpu")
+    gen = torch.Generator().manual_seed(0)
+    fired = 0
+    for _ in range(150):
+        ids = [pieces[j] for j in torch.randint(len(pieces), (30,), generator=gen).tolist()]
+        if torch.rand((), generator=gen) < 0.5:  # plant the string in some tokenization
+            at = int(torch.randint(20, (), generator=gen))
+            ids[at:at] = bpe.encode(" " + string, add_special_tokens=False)
+        expected = first_in_text(bpe, ids, string)
+        assert first_match(matcher, ids) == expected, (ids, bpe.decode(ids))
+        fired += expected is not None
+    assert fired > 50  # the test exercised matches, not only misses
+
+
+def test_stream_matcher_keeps_rows_apart(bpe):
+    """Rows advance only where asked: a row that is not pushed keeps its history."""
+    matcher = StreamMatcher(bpe, ["is 4"], "cpu")
+    ids = bpe.encode("it is 4", add_special_tokens=False)
+    history = matcher.empty(2)
+    for t, i in enumerate(ids):
+        history = matcher.push(history, torch.tensor([i, i]), torch.tensor([True, t != len(ids) - 1]))
+    assert matcher.matched(history).tolist() == [True, False]
 
 
 @pytest.mark.parametrize("stop", ["最终答案是", "答案是 最终", "xq zv jk!"])

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from softtok.soft.filters import FilterConfig, check_range
 
+#: KV-cache kinds of the decode engine.
+CACHES = ("dynamic", "static")
+
 #: Thinking modes and the mixer each one uses.
 MODES = {
     "discrete": "hard",  # ordinary CoT: greedy at temperature 0, else sampled (the baseline)
@@ -44,7 +47,18 @@ class GenerationConfig:
         probe: Also feed the top-1 and top-2 one-hot inputs at each soft step and record the
             Jensen-Shannon divergence of their next-token distributions to the soft input's.
         return_topk: Record each concept token's ids and weights.
-        compile: Run the mixing layers under ``torch.compile``.
+        sync_every: Decode steps between host checks of the row states (stop when every row
+            is done; drop finished rows with ``compact``). Outputs do not depend on it.
+        cache: KV cache: ``dynamic`` (grows each step; finished rows can be dropped) or
+            ``static`` (preallocated, fixed shapes: what ``compile`` and CUDA graphs need).
+        max_cache_len: Length of the static cache in tokens (prompt, soft prompt and every
+            decode step); ``None`` sizes it to the batch's prompt plus the budgets, rounded
+            up to a multiple of 256 so that compiled graphs are reused across batches.
+        compact: At each host check, drop finished rows from a dynamic cache (saves compute
+            when rows end at different steps; a static cache keeps them, masked).
+        compile: Compile the decode step (mixing, phase update and, with a static cache, the
+            model forward) with ``torch.compile``; on CUDA with a static cache it runs as a
+            CUDA graph (``mode="reduce-overhead"``).
     """
 
     mode: str = "soft"
@@ -69,6 +83,10 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     probe: bool = False
     return_topk: bool = False
+    sync_every: int = 16
+    cache: str = "dynamic"
+    max_cache_len: int | None = None
+    compact: bool = True
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -76,7 +94,7 @@ class GenerationConfig:
             raise ValueError(f"mode={self.mode!r} is unknown; allowed: {', '.join(MODES)}")
         if self.mode != "discrete" and self.temperature == 0:
             raise ValueError(f"temperature=0 is only allowed in mode 'discrete' (mode={self.mode!r}); use > 0")
-        for name in ("max_think_tokens", "cold_stop_length"):
+        for name in ("max_think_tokens", "cold_stop_length", "sync_every"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -95,6 +113,14 @@ class GenerationConfig:
         if self.probe and (self.mode == "discrete" or self.max_topk < 2):
             raise ValueError(f"probe=True needs a soft mode with max_topk >= 2 (mode={self.mode!r}, "
                              f"max_topk={self.max_topk})")
+        if self.cache not in CACHES:
+            raise ValueError(f"cache={self.cache!r} is unknown; allowed: {', '.join(CACHES)}")
+        if self.max_cache_len is not None and (int(self.max_cache_len) != self.max_cache_len
+                                               or self.max_cache_len < 2):
+            raise ValueError(f"max_cache_len={self.max_cache_len!r} must be an integer >= 2, or null (automatic)")
+        if self.probe and self.compile:
+            raise ValueError("probe=True runs extra forward passes that restore the KV cache between them, which a "
+                             "compiled step cannot do; allowed: probe=True with compile=False")
         check_range("cold_stop_entropy", self.cold_stop_entropy, 0.0, float("inf"))
         check_range("noise_factor", self.noise_factor, 0.0, float("inf"))
         _ = self.thinking_filters  # builds (and so validates) both filter sets

@@ -1,15 +1,31 @@
-"""The batched Soft Thinking decode loop over any Hugging Face causal LM.
+"""The Soft Thinking decode engine over any Hugging Face causal LM.
 
 One prefill, then one model step per token with the KV cache. Each row runs its own
 phase machine::
 
-    THINK --(top-1 text ends with think_end)----------------> ANSWER --(EOS / stop / budget)--> done
-    THINK --(Cold Stop or thinking budget: force think_end)--> ANSWER
-    THINK --(top-1 is EOS)------------------------------------------------------------------> done
+    THINK --(top-1 text ends with think_end)----------------> ANSWER --(EOS / stop / budget)--> DONE
+    THINK --(Cold Stop or thinking budget: force think_end)--> FORCED --(think_end fed)--> ANSWER
+    THINK --(top-1 is EOS)------------------------------------------------------------------> DONE
 
 In THINK the input is the concept token from :class:`~softtok.soft.SoftEmbedding`
 (a one-hot in ``discrete`` mode); forced and answer tokens are ordinary embeddings.
-Finished rows are dropped from the batch (and the cache), so they stop costing compute.
+
+The machine lives on the device. Every row's phase and counters are tensors, and one
+decode step is a fixed sequence of tensor operations for the whole batch: mix, pick each
+row's input with ``torch.where`` (concept token, forced ``think_end`` token, answer token;
+finished rows are carried along and ignored), detect ``think_end`` and stop strings with
+precomputed token tables (:mod:`softtok.generation.stops`), write the outputs into
+preallocated buffers, and run the model forward. Nothing in a step reads a value on the
+host, so steps queue on an accelerator without waiting, and with a static KV cache the
+whole step compiles to one graph (a CUDA graph on CUDA). The host looks at the states only
+every ``sync_every`` steps, to stop when all rows are done and, with a dynamic cache, to
+drop finished rows; since finished rows never change, the outputs are those of checking
+every step.
+
+Random draws (sampled tokens, Dirichlet, Gumbel, noise) come from
+:class:`~softtok.soft.random.RowRandom`: a row's draws depend only on its seed and the
+step, so a seeded row gives the same output alone, in any batch and on any number of
+processes.
 """
 
 from __future__ import annotations
@@ -19,16 +35,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
-from softtok.generation.cache import check_rows_removable, restore_cache, snapshot_cache
+from softtok.generation.cache import ROW_SELECTABLE_LAYERS, restore_cache, snapshot_cache
 from softtok.generation.config import MODES, GenerationConfig
 from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
+from softtok.generation.stops import StreamMatcher
 from softtok.soft.embedding import SoftEmbedding
 from softtok.soft.filters import filter_candidates, tempered_probs
 from softtok.soft.mixers import HardMixer, Mixer, build_mixer
+from softtok.soft.random import RowRandom, row_seed
 
-THINK, FORCED, ANSWER = 0, 1, 2
+THINK, FORCED, ANSWER, DONE = 0, 1, 2, 3
+#: Why thinking ended, by the code stored in the ``reason`` state.
+END_REASONS = ("", "think_end", "cold_stop", "budget", "eos")
+_THINK_END, _COLD_STOP, _BUDGET, _EOS = 1, 2, 3, 4
+#: Random streams of a step (see :meth:`RowRandom.child`).
+_THINK_STREAM, _ANSWER_STREAM = 0, 1
+#: Automatic static caches are rounded up to this many tokens, so compiled graphs are reused.
+_CACHE_ROUNDING = 256
 
 
 @dataclass
@@ -50,6 +75,7 @@ class GenerationResult:
         js_top1: Mean Jensen-Shannon divergence between the next-token distributions after the
             top-1 one-hot and after the soft input (with ``probe``).
         js_top2: The same for the top-2 one-hot.
+        seed: The row seed its random draws came from.
     """
 
     thinking: str = ""
@@ -64,6 +90,7 @@ class GenerationResult:
     topk_weights: list[list[float]] | None = None
     js_top1: float | None = None
     js_top2: float | None = None
+    seed: int | None = None
 
 
 def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -90,26 +117,48 @@ def encode_think_end(tokenizer: PreTrainedTokenizerBase, think_end: str) -> list
     return ids
 
 
-def tail_tokens(strings: Sequence[str]) -> int:
-    """How many trailing tokens to decode so that any of ``strings`` ending there is in the text.
+def default_seeds(batch: int) -> list[int]:
+    """Row seeds when none are given: a base drawn from torch's global generator, then the row's position.
 
-    Every token decodes to at least one UTF-8 byte (byte-level BPE; SentencePiece with byte
-    fallback), so a string of ``n`` bytes spans at most ``n`` tokens, whatever its
-    tokenization; one more covers a token that a decoder strips to nothing at the window's
-    start (a lone leading space), one more is margin. ``0`` for no strings.
+    So ``torch.manual_seed`` makes a run reproducible and successive calls draw differently.
     """
-    return max((len(s.encode("utf-8")) + 2 for s in strings), default=0)
+    base = int(torch.randint(0, 2**62, ()))
+    return [row_seed(base, i) for i in range(batch)]
 
 
-class _Row:
-    """Per-row bookkeeping on the Python side (token lists, counters)."""
+def to_static_cache(model: PreTrainedModel, cache, max_cache_len: int) -> StaticCache:  # noqa: ANN001
+    """A :class:`~transformers.StaticCache` of ``max_cache_len`` holding what ``cache`` holds.
 
-    def __init__(self, probe: bool, topk: bool) -> None:
-        self.result = GenerationResult(topk_ids=[] if topk else None, topk_weights=[] if topk else None)
-        self.phase = THINK
-        self.forced: list[int] = []
-        self.low_entropy = 0
-        self.js: tuple[list[float], list[float]] | None = ([], []) if probe else None
+    An empty cache (plain prompts, prompt tuning) gives a fresh static cache; a filled one
+    (prefix tuning's KV prefixes, IAPT's processed prompt) is copied layer by layer.
+
+    Raises:
+        ValueError: If the model's cache cannot be static (naming its type), if the content is
+            longer than ``max_cache_len``, or if a sliding-window layer has already evicted
+            tokens (a static window cannot take them back).
+    """
+    if not getattr(model, "_can_compile_fullgraph", False):
+        raise ValueError(
+            f"cache='static' needs a model whose cache can be static; {type(model).__name__} "
+            f"(model_type={getattr(model.config, 'model_type', None)!r}) cannot. Allowed: cache='dynamic'"
+        )
+    length = cache.get_seq_length()
+    if length >= max_cache_len:
+        raise ValueError(f"the prompt fills {length} cache positions, more than max_cache_len={max_cache_len}")
+    static = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    if length == 0:
+        return static
+    for index, layer in enumerate(cache.layers):
+        if layer.keys is None or layer.keys.numel() == 0:
+            continue
+        if layer.keys.shape[-2] != length:
+            raise ValueError(
+                f"layer {index} holds {layer.keys.shape[-2]} of the prompt's {length} cache positions (a sliding "
+                "window that has already evicted tokens); a static cache cannot be built from it. Allowed: "
+                "cache='dynamic', or a prompt shorter than the window"
+            )
+        static.update(layer.keys, layer.values, index)
+    return static
 
 
 class SoftThinkingGenerator:
@@ -125,9 +174,14 @@ class SoftThinkingGenerator:
     Raises:
         ValueError: If ``config.think_end`` cannot be encoded by the tokenizer.
 
+    Attributes:
+        host_syncs: Host reads of device state in the last :meth:`generate` call (one per
+            ``sync_every`` steps, plus the final transfer of the outputs).
+        steps: Decode steps run in the last call.
+
     Example:
         >>> gen = SoftThinkingGenerator(model, tokenizer, GenerationConfig(mode="gumbel"))
-        >>> results = gen.generate(["<|im_start|>user\\nWhat is 2+3?<|im_end|>\\n<|im_start|>assistant\\n"])
+        >>> results = gen.generate(["<|im_start|>user\\nWhat is 2+3?<|im_end|>\\n<|im_start|>assistant\\n"], seeds=[7])
     """
 
     def __init__(
@@ -142,197 +196,316 @@ class SoftThinkingGenerator:
         self.config = config = config or GenerationConfig()
         self.think_end_ids = encode_think_end(tokenizer, config.think_end)
         embedding = model.get_input_embeddings()
-        vocab = embedding.weight.shape[0]
-        mixer_kwargs = config.mixer_kwargs
-        if config.mode == "discrete":
-            mixer_kwargs = {**mixer_kwargs, "vocab_size": vocab}
+        self.device = embedding.weight.device
         self.soft = SoftEmbedding(
             embedding,
             config.thinking_filters,
-            mixer or build_mixer(MODES[config.mode], **mixer_kwargs),
+            mixer or build_mixer(MODES[config.mode], **config.mixer_kwargs),
             noise_factor=config.noise_factor,
-            compile=config.compile,
         )
-        self.answer_sampler = HardMixer(sample=config.answer_temperature > 0, vocab_size=vocab)
+        self.answer_sampler = HardMixer(sample=config.answer_temperature > 0)
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.think_matcher = StreamMatcher(tokenizer, [config.think_end], self.device)
+        self.stop_matcher = StreamMatcher(tokenizer, config.stop_strings, self.device) if config.stop_strings else None
+        with torch.no_grad():  # the mixture width K (fixed by the filters and the mixer)
+            probe = self.soft.mix_logits(torch.zeros(1, embedding.weight.shape[0], device=self.device),
+                                         torch.zeros(1, dtype=torch.long, device=self.device))
+        self._width, self._weight_dtype = probe[0].shape[-1], probe[1].dtype
+        self._think_end_tensor = torch.tensor(self.think_end_ids, dtype=torch.long, device=self.device)
+        self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
+        self._compiled = None
+        # A dynamic cache changes shape every step: only the phase update is compiled (dynamic batch).
+        dynamic_compile = config.compile and config.cache == "dynamic"
+        self._update_step = torch.compile(self._update, dynamic=None) if dynamic_compile else self._update
+        self.host_syncs = 0
+        self.steps = 0
 
-    def _tail_text(self, ids: list[int], n: int) -> str:
-        """The decoded text of the last ``n`` of ``ids`` (see :func:`tail_tokens`)."""
-        return self.tokenizer.decode(ids[-n:], skip_special_tokens=False)
-
-    def _answer_tokens(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sample (or argmax) the answer-phase tokens, ``[N]``."""
+    # ----------------------------------------------------------------- the step
+    def _answer_tokens(self, logits: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        """Sample (or argmax) the answer-phase tokens, ``[B]``."""
         cfg = self.config.answer_filters
         cand = filter_candidates(tempered_probs(logits, cfg.temperature), cfg)
-        return self.answer_sampler(cand.ids, cand.weights)[0][:, 0]
+        return self.answer_sampler(cand.ids, cand.weights, rng)[0][:, 0]
 
-    def _forward(self, embeds, mask, positions, cache) -> torch.Tensor:
-        out = self.model(
-            inputs_embeds=embeds[:, None], attention_mask=mask, position_ids=positions[:, None], cache=cache,
-            use_cache=True,
-        )
+    def _update(self, s: dict[str, torch.Tensor], logits: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """One phase-machine step for every row: the new state, the next inputs ``[B, D]`` and the soft ids.
+
+        Pure tensor operations (no host reads): rows in every phase are computed and the right
+        values picked per row with ``torch.where``; a buffer slot is written at each row's
+        counter, and the counter advances only where the write is real.
+        """
+        cfg = self.config
+        rng = RowRandom(s["seed"], s["step"])
+        soft = self.soft(logits, rng.child(_THINK_STREAM))
+        top1, ent = soft.token.top1, soft.entropy
+        phase = s["phase"]
+        eos_ids = self._eos_tensor
+
+        # THINK: budget, Cold Stop, EOS, or a recorded concept token (which may write think_end).
+        think = phase == THINK
+        low_entropy = torch.where(think, torch.where(ent < cfg.cold_stop_entropy, s["low_entropy"] + 1, 0),
+                                  s["low_entropy"])
+        budget = think & (s["think_tokens"] >= cfg.max_think_tokens)
+        cold = think & ~budget & (low_entropy >= cfg.cold_stop_length)
+        forced_now = budget | cold
+        eos = think & ~forced_now & torch.isin(top1, eos_ids)
+        record = think & ~forced_now & ~eos
+        slot = s["think_tokens"][:, None]
+        out = dict(s)  # the fields not updated below (seed, row, position, mask...) carry over
+        out.update({
+            "think_ids": s["think_ids"].scatter(1, slot, top1[:, None]),
+            "entropy": s["entropy"].scatter(1, slot, ent[:, None].to(s["entropy"].dtype)),
+            "think_tokens": s["think_tokens"] + record.long(),
+            "think_hist": self.think_matcher.push(s["think_hist"], top1, record),
+            "low_entropy": low_entropy,
+        })
+        if cfg.return_topk:
+            wide = slot[:, :, None].expand(-1, 1, self._width)
+            out["topk_ids"] = s["topk_ids"].scatter(1, wide, soft.token.ids[:, None])
+            out["topk_weights"] = s["topk_weights"].scatter(1, wide, soft.token.weights[:, None])
+        ended = record & self.think_matcher.matched(out["think_hist"])
+
+        # ANSWER: sample; EOS ends the row unrecorded, a stop string or the budget after recording.
+        answer = phase == ANSWER
+        sampled = self._answer_tokens(logits, rng.child(_ANSWER_STREAM))
+        answer_eos = answer & torch.isin(sampled, eos_ids)
+        answer_record = answer & ~answer_eos
+        out["answer_ids"] = s["answer_ids"].scatter(1, s["answer_tokens"][:, None], sampled[:, None])
+        out["answer_tokens"] = s["answer_tokens"] + answer_record.long()
+        answer_stop = answer_record & (out["answer_tokens"] >= cfg.max_answer_tokens)
+        if self.stop_matcher is not None:
+            out["answer_hist"] = self.stop_matcher.push(s["answer_hist"], sampled, answer_record)
+            answer_stop = answer_stop | (answer_record & self.stop_matcher.matched(out["answer_hist"]))
+
+        # FORCED: one think_end token per step, starting in the step that forces it.
+        think_end_ids = self._think_end_tensor
+        forced = (phase == FORCED) | forced_now
+        position = torch.where(forced_now, 0, s["forced"])
+        forced_token = think_end_ids[position.clamp(max=len(self.think_end_ids) - 1)]
+        out["forced"] = torch.where(forced, position + 1, s["forced"])
+        forced_done = forced & (out["forced"] >= len(self.think_end_ids))
+
+        to_answer = ANSWER if cfg.max_answer_tokens > 0 else DONE  # no answer wanted: done at once
+        new_phase = torch.where(ended, to_answer, phase)
+        new_phase = torch.where(forced, torch.where(forced_done, to_answer, FORCED), new_phase)
+        if cfg.max_answer_tokens == 0:
+            new_phase = torch.where(forced_now, DONE, new_phase)  # no need to feed think_end
+        new_phase = torch.where(eos | answer_eos | answer_stop, DONE, new_phase)
+        out["phase"] = new_phase
+        reason = torch.where(ended, _THINK_END, s["reason"])
+        reason = torch.where(eos, _EOS, torch.where(cold, _COLD_STOP, torch.where(budget, _BUDGET, reason)))
+        out["reason"] = reason
+
+        # The next input of each row: concept token, or a hard token (think_end's top-1, forced, answer).
+        hard = torch.where(forced, forced_token, torch.where(answer, sampled, top1))
+        embeds = self.model.get_input_embeddings()(hard)
+        fed_soft = record & ~ended
+        inputs = torch.where(fed_soft[:, None], soft.embeds.to(embeds.dtype), embeds)
+        out["fed_soft"] = fed_soft
+        out["step"] = s["step"] + 1
+        return out, inputs, soft.token.ids[:, :2]
+
+    def _forward(self, inputs: torch.Tensor, s: dict[str, torch.Tensor], cache, kv_length: int | None):  # noqa: ANN001
+        """The model step on ``inputs`` ``[B, D]`` at each row's position; next-token logits ``[B, V]``."""
+        mask = s["mask"] if kv_length is None else s["mask"][:, :kv_length]
+        out = self.model(inputs_embeds=inputs[:, None], attention_mask=mask, position_ids=s["position"][:, None],
+                         cache=cache, use_cache=True)
         return out.logits[:, -1]
 
+    def _decode_step(self, s: dict[str, torch.Tensor], logits: torch.Tensor, cache,  # noqa: ANN001
+                     kv_length: int | None = None) -> tuple[dict, torch.Tensor]:
+        """One decode step: phase update, (probe,) model forward. With a static cache (``kv_length``
+        ``None``: the whole preallocated mask) this is the unit ``compile`` captures as one graph."""
+        s, inputs, alternatives = self._update_step(s, logits)
+        s["mask"] = s["mask"].scatter(1, s["kv_index"], 1)
+        if self.config.probe:
+            probe_logits = self._probe(alternatives, inputs, s, cache, kv_length)
+            logits = self._forward(inputs, s, cache, kv_length)
+            self._record_js(s, probe_logits, logits)
+        else:
+            logits = self._forward(inputs, s, cache, kv_length)
+        s["position"] = s["position"] + 1
+        s["kv_index"] = s["kv_index"] + 1
+        return s, logits
+
+    def _compiled_step(self):  # noqa: ANN202
+        if self._compiled is None:
+            cuda = self.device.type == "cuda"
+            self._compiled = torch.compile(self._decode_step, fullgraph=True,
+                                           mode="reduce-overhead" if cuda else None)
+        return self._compiled
+
+    # ------------------------------------------------------------------ the loop
     @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[str] | Sequence[Sequence[int]],
         prefill: PrefillBuilder = plain_prefill,
+        seeds: Sequence[int] | None = None,
     ) -> list[GenerationResult]:
         """Generate for a batch of prompts (already chat-formatted text, or token ids).
 
         Args:
             prompts: Prompt strings (tokenised without extra special tokens) or id lists.
             prefill: Builds the first forward's inputs; pass a soft prompt here to compose it.
+            seeds: One integer seed per prompt: a row's random draws depend only on its seed,
+                so it gives the same output alone or in any batch. ``None``:
+                :func:`default_seeds` (from torch's global generator and the row's position).
 
         Returns:
             One :class:`GenerationResult` per prompt, in input order.
+
+        Raises:
+            ValueError: For a number of seeds other than one per prompt, a tokenizer padding on
+                the right, or (static cache) a model or prompt the static cache cannot hold.
         """
         if len(prompts) == 0:
             return []
         cfg, tok, model = self.config, self.tokenizer, self.model
-        device = model.get_input_embeddings().weight.device
+        batch_size = len(prompts)
+        if seeds is None:
+            seeds = default_seeds(batch_size)
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != batch_size:
+            raise ValueError(f"seeds has {len(seeds)} values for {batch_size} prompts; allowed: one seed per prompt")
+        if tok.padding_side != "left":
+            raise ValueError("the tokenizer must pad on the left for batched generation (padding_side='left')")
         if isinstance(prompts[0], str):
             batch = tok(list(prompts), add_special_tokens=False, padding=True, return_tensors="pt")
         else:
             batch = tok.pad({"input_ids": [list(p) for p in prompts]}, padding=True, return_tensors="pt")
-        if tok.padding_side != "left":
-            raise ValueError("the tokenizer must pad on the left for batched generation (padding_side='left')")
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        rows = [_Row(cfg.probe, cfg.return_topk) for _ in range(ids.shape[0])]
-        active = list(range(ids.shape[0]))  # original row index of each batch position
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        if self._eos_tensor.tolist() != sorted(self.eos_ids):  # eos_ids was reassigned
+            self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
 
+        max_steps = cfg.max_think_tokens + len(self.think_end_ids) + cfg.max_answer_tokens + 1
         pre = prefill(model, ids, mask)
-        check_rows_removable(pre.cache, ids.shape[0])
-        logits = prefill_logits(model, pre)
-        cache, mask = pre.cache, pre.attention_mask
-        positions = pre.position_ids[:, -1] + 1
-        embed = model.get_input_embeddings()
-        think_tail, stop_tail = tail_tokens([cfg.think_end]), tail_tokens(cfg.stop_strings)
+        prompt_length = pre.attention_mask.shape[1]
+        static = cfg.cache == "static"
+        if static:
+            needed = prompt_length + max_steps
+            cache_length = cfg.max_cache_len or -(-needed // _CACHE_ROUNDING) * _CACHE_ROUNDING
+            if needed > cache_length:
+                raise ValueError(
+                    f"max_cache_len={cfg.max_cache_len} cannot hold the prompt ({prompt_length} positions, soft "
+                    f"prompt included) plus {max_steps} decode steps (thinking + think_end + answer budgets); "
+                    f"allowed: max_cache_len >= {needed}, or null to size it automatically"
+                )
+            pre.cache = to_static_cache(model, pre.cache, cache_length)
+        else:
+            cache_length = prompt_length + max_steps
+        logits = prefill_logits(model, pre).contiguous()  # contiguous: the compiled step sees one layout
+        cache = pre.cache
 
-        while active:
-            phases = [rows[r].phase for r in active]
-            think_pos = [i for i, p in enumerate(phases) if p == THINK]
-            answer_pos = [i for i, p in enumerate(phases) if p == ANSWER]
-            next_ids = [0] * len(active)
-            soft_rows: list[int] = []  # batch positions fed a soft embedding
-            keep = [True] * len(active)
-
-            if think_pos:
-                step = self.soft(logits[think_pos])
-                top1 = step.token.top1.tolist()
-                ent = step.entropy.tolist()
-                if cfg.return_topk:  # one host transfer per step, not one per row
-                    topk_ids, topk_weights = step.token.ids.tolist(), step.token.weights.tolist()
-                for j, i in enumerate(think_pos):
-                    row = rows[active[i]]
-                    res = row.result
-                    row.low_entropy = row.low_entropy + 1 if ent[j] < cfg.cold_stop_entropy else 0
-                    if res.think_tokens >= cfg.max_think_tokens or row.low_entropy >= cfg.cold_stop_length:
-                        res.think_end = "budget" if res.think_tokens >= cfg.max_think_tokens else "cold_stop"
-                        row.phase, row.forced = FORCED, list(self.think_end_ids)
-                        keep[i] = cfg.max_answer_tokens > 0  # no answer wanted: no need to feed think_end
-                        continue
-                    if top1[j] in self.eos_ids:
-                        res.think_end, keep[i] = "eos", False
-                        continue
-                    res.think_ids.append(top1[j])
-                    res.entropy.append(ent[j])
-                    res.think_tokens += 1
-                    if cfg.return_topk:
-                        res.topk_ids.append(topk_ids[j])
-                        res.topk_weights.append(topk_weights[j])
-                    if cfg.think_end in self._tail_text(res.think_ids, think_tail):
-                        # The think-end token itself enters as a hard token.
-                        res.think_end, row.phase, next_ids[i] = "think_end", ANSWER, top1[j]
-                        keep[i] = cfg.max_answer_tokens > 0
-                    else:
-                        soft_rows.append(i)
-                soft_embeds = step.embeds
-                if cfg.probe and soft_rows:
-                    alternatives = step.token.ids[[think_pos.index(i) for i in soft_rows], :2].tolist()
-
-            if answer_pos:
-                sampled = self._answer_tokens(logits[answer_pos]).tolist()
-                for j, i in enumerate(answer_pos):
-                    res = rows[active[i]].result
-                    if sampled[j] in self.eos_ids:
-                        keep[i] = False
-                        continue
-                    res.answer_ids.append(sampled[j])
-                    res.answer_tokens += 1
-                    next_ids[i] = sampled[j]
-                    stopped = any(s in self._tail_text(res.answer_ids, stop_tail) for s in cfg.stop_strings)
-                    if stopped or res.answer_tokens >= cfg.max_answer_tokens:
-                        keep[i] = False
-
-            for i, r in enumerate(active):  # forced think-end tokens, one per step
-                row = rows[r]
-                if row.phase == FORCED and keep[i]:
-                    next_ids[i] = row.forced.pop(0)
-                    if not row.forced:
-                        row.phase = ANSWER
-                        keep[i] = cfg.max_answer_tokens > 0
-
-            inputs = embed(torch.tensor(next_ids, device=device))
-            if soft_rows:
-                where = torch.tensor([think_pos.index(i) for i in soft_rows], device=device)
-                inputs[soft_rows] = soft_embeds[where].to(inputs.dtype)
-
-            if not all(keep):
-                kept = [i for i, k in enumerate(keep) if k]
-                active = [active[i] for i in kept]
-                if not active:
+        state = self._initial_state(seeds, pre.attention_mask, pre.position_ids[:, -1] + 1, cache_length)
+        compact = cfg.compact and not static and all(type(layer) in ROW_SELECTABLE_LAYERS for layer in cache.layers)
+        step_fn = self._compiled_step() if (cfg.compile and static) else self._decode_step
+        finished: list[dict[str, torch.Tensor]] = []
+        self.host_syncs = 0
+        for step in range(max_steps):
+            if cfg.compile and static and self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+            state, logits = step_fn(state, logits, cache, None if static else prompt_length + step + 1)
+            self.steps = step + 1
+            if (step + 1) % cfg.sync_every == 0 or step + 1 == max_steps:
+                done = (state["phase"] == DONE).cpu()  # the only host read of the loop
+                self.host_syncs += 1
+                if bool(done.all()):
                     break
-                index = torch.tensor(kept, device=device)
-                cache.batch_select_indices(index)
-                inputs, mask, positions = inputs[index], mask[index], positions[index]
-                soft_rows = [kept.index(i) for i in soft_rows if keep[i]]
+                if compact and bool(done.any()):
+                    keep = torch.nonzero(~done)[:, 0].to(self.device)
+                    gone = torch.nonzero(done)[:, 0].to(self.device)
+                    finished.append({k: v.index_select(0, gone) for k, v in state.items() if v.dim() > 0})
+                    state = {k: (v.index_select(0, keep) if v.dim() > 0 else v) for k, v in state.items()}
+                    logits = logits.index_select(0, keep)
+                    cache.batch_select_indices(keep)
+        self.host_syncs += 1  # the outputs' transfer
+        return self._results(finished + [state], batch_size)
 
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            if cfg.probe and soft_rows:
-                probe_logits = self._probe(dict(zip(soft_rows, alternatives, strict=True)), inputs, mask, positions,
-                                           cache)
-                logits = self._forward(inputs, mask, positions, cache)
-                self._record_js(rows, active, soft_rows, probe_logits, logits)
-            else:
-                logits = self._forward(inputs, mask, positions, cache)
-            positions = positions + 1
+    def _initial_state(self, seeds: list[int], mask: torch.Tensor, position: torch.Tensor,
+                       cache_length: int) -> dict[str, torch.Tensor]:
+        cfg, device = self.config, self.device
+        b, prompt_length = mask.shape
+        think_slots, answer_slots = cfg.max_think_tokens + 1, cfg.max_answer_tokens + 1  # +1: a scratch slot
+        zeros = lambda: torch.zeros(b, dtype=torch.long, device=device)  # noqa: E731
+        full_mask = torch.zeros(b, cache_length, dtype=mask.dtype, device=device)
+        full_mask[:, :prompt_length] = mask
+        s = {
+            "seed": torch.tensor(seeds, dtype=torch.long, device=device),
+            "row": torch.arange(b, device=device),
+            "step": torch.zeros((), dtype=torch.long, device=device),
+            "phase": zeros(), "think_tokens": zeros(), "answer_tokens": zeros(), "low_entropy": zeros(),
+            "forced": zeros(), "reason": zeros(), "position": position.long(),
+            "kv_index": torch.full((b, 1), prompt_length, dtype=torch.long, device=device),
+            "mask": full_mask,
+            "think_ids": torch.zeros(b, think_slots, dtype=torch.long, device=device),
+            "entropy": torch.zeros(b, think_slots, dtype=torch.float32, device=device),
+            "answer_ids": torch.zeros(b, answer_slots, dtype=torch.long, device=device),
+            "think_hist": self.think_matcher.empty(b),
+            "fed_soft": torch.zeros(b, dtype=torch.bool, device=device),
+        }
+        if self.stop_matcher is not None:
+            s["answer_hist"] = self.stop_matcher.empty(b)
+        if cfg.return_topk:
+            s["topk_ids"] = torch.zeros(b, think_slots, self._width, dtype=torch.long, device=device)
+            s["topk_weights"] = torch.zeros(b, think_slots, self._width, dtype=self._weight_dtype, device=device)
+        if cfg.probe:
+            s["js"] = torch.zeros(b, 2, think_slots, dtype=torch.float32, device=device)
+            s["soft_steps"] = torch.zeros(b, think_slots, dtype=torch.bool, device=device)
+        return s
 
-        return [self._finish(row) for row in rows]
+    def _probe(self, alternatives, inputs, s, cache, kv_length) -> list[torch.Tensor]:  # noqa: ANN001
+        """Next-token logits after the top-1 and top-2 one-hot inputs, leaving the cache as it was.
 
-    def _probe(self, alternatives, inputs, mask, positions, cache) -> list[torch.Tensor]:
-        """Next-token logits after each one-hot alternative input, leaving the cache as it was.
-
-        The cache is restored from a snapshot, not cropped: a full sliding-window layer has
-        already evicted what a crop would need (see :mod:`softtok.generation.cache`).
+        Every row is fed (rows not fed a concept token keep their real input; their values are
+        not recorded). The cache is restored from a snapshot, not cropped: a full
+        sliding-window layer has already evicted what a crop would need (see
+        :mod:`softtok.generation.cache`).
         """
         embed, out = self.model.get_input_embeddings(), []
-        soft_rows = list(alternatives)
         before = snapshot_cache(cache)
         for rank in (0, 1):
-            alt = inputs.clone()
-            ids = torch.tensor([alternatives[i][rank] for i in soft_rows], device=inputs.device)
-            alt[soft_rows] = embed(ids).to(alt.dtype)
-            out.append(self._forward(alt, mask, positions, cache)[soft_rows])
+            alt = torch.where(s["fed_soft"][:, None], embed(alternatives[:, rank]).to(inputs.dtype), inputs)
+            out.append(self._forward(alt, s, cache, kv_length))
             restore_cache(cache, before)
         return out
 
-    def _record_js(self, rows, active, soft_rows, probe_logits, logits) -> None:
-        soft_logits = logits[soft_rows]
+    def _record_js(self, s, probe_logits, logits) -> None:  # noqa: ANN001
+        """Write this step's divergences at each concept-token row's step index."""
+        slot = (s["think_tokens"] - 1).clamp_min(0)[:, None]  # the token just recorded
+        fed = s["fed_soft"][:, None]
         for rank, alt_logits in enumerate(probe_logits):
-            for i, value in zip(soft_rows, js_divergence(alt_logits, soft_logits).tolist(), strict=True):
-                rows[active[i]].js[rank].append(value)
+            value = js_divergence(alt_logits, logits)[:, None]
+            s["js"][:, rank] = torch.where(fed, s["js"][:, rank].scatter(1, slot, value), s["js"][:, rank])
+        s["soft_steps"] = s["soft_steps"] | (fed & (torch.arange(s["soft_steps"].shape[1], device=slot.device) == slot))
 
-    def _finish(self, row: _Row) -> GenerationResult:
-        res, tok = row.result, self.tokenizer
-        res.thinking = tok.decode(res.think_ids, skip_special_tokens=False)
-        if res.think_end in ("budget", "cold_stop"):
-            res.thinking += self.config.think_end
-        res.answer = tok.decode(res.answer_ids, skip_special_tokens=True)
-        if row.js is not None and row.js[0]:
-            res.js_top1 = sum(row.js[0]) / len(row.js[0])
-            res.js_top2 = sum(row.js[1]) / len(row.js[1])
-        return res
+    def _results(self, parts: list[dict[str, torch.Tensor]], batch_size: int) -> list[GenerationResult]:
+        """Move the outputs to the host once and build one :class:`GenerationResult` per row."""
+        names = [k for k in parts[-1] if parts[-1][k].dim() > 0 and k not in ("mask", "think_hist", "answer_hist")]
+        merged = {k: torch.cat([p[k] for p in parts]) for k in names}
+        order = torch.argsort(merged["row"])
+        host = {k: v[order].tolist() for k, v in merged.items()}
+        cfg, tok = self.config, self.tokenizer
+        results = []
+        for i in range(batch_size):
+            n, m = host["think_tokens"][i], host["answer_tokens"][i]
+            res = GenerationResult(
+                think_tokens=n, answer_tokens=m, think_end=END_REASONS[host["reason"][i]],
+                think_ids=host["think_ids"][i][:n], entropy=host["entropy"][i][:n],
+                answer_ids=host["answer_ids"][i][:m], seed=host["seed"][i],
+            )
+            res.thinking = tok.decode(res.think_ids, skip_special_tokens=False)
+            if res.think_end in ("budget", "cold_stop"):
+                res.thinking += cfg.think_end
+            res.answer = tok.decode(res.answer_ids, skip_special_tokens=True)
+            if cfg.return_topk:
+                res.topk_ids, res.topk_weights = host["topk_ids"][i][:n], host["topk_weights"][i][:n]
+            if cfg.probe:
+                soft = [j for j, fed in enumerate(host["soft_steps"][i][:n]) if fed]
+                if soft:
+                    res.js_top1 = sum(host["js"][i][0][j] for j in soft) / len(soft)
+                    res.js_top2 = sum(host["js"][i][1][j] for j in soft) / len(soft)
+            results.append(res)
+        return results

@@ -27,10 +27,14 @@ from softtok.generation.generator import encode_think_end
 from softtok.metrics import SoftThinkingMetrics
 from softtok.metrics.passk import validate_ks
 from softtok.models import DEFAULT_MODEL, load_model, load_tokenizer, model_fingerprint, resolve_dtype
+from softtok.soft.random import row_seed
 
 #: The system prompt for chat models without thinking markers (SmolLM2), reasoning first,
 #: then a ``Final answer:`` line, which is the default ``think_end`` of the recipes.
 DEFAULT_SYSTEM_PROMPT = "Solve the problem. Think step by step, then end with a line 'Final answer: <answer>'."
+
+#: Generation settings that change how fast records are made, not what they hold.
+ENGINE_SETTINGS = ("compile", "cache", "max_cache_len", "sync_every", "compact")
 
 #: Stages whose metrics include pass@k (and so need ``n_samples >= k``).
 _METRIC_STAGES = ("test", "validate")
@@ -160,20 +164,32 @@ class SoftThinkingModule(LightningModule):
         self.load()
         return self._generator
 
+    @property
+    def base_seed(self) -> int:
+        """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), else torch's initial seed.
+
+        Each (problem, sample) draws from its own stream, ``row_seed(base_seed, index,
+        sample)``, so its record does not depend on its batch, on resuming, or on how many
+        processes share the work.
+        """
+        return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
     def record_settings(self) -> dict[str, Any]:
         """The settings that determine the prediction records (for :class:`~softtok.callbacks.JsonlPredictionWriter`).
 
-        ``generation.compile`` and ``pass_k`` are left out: they do not change the records. The
+        ``pass_k`` and the engine settings (``compile``, ``cache``, ``sync_every``...) are left out:
+        they do not change the records. The
         model is identified by :func:`~softtok.models.model_fingerprint` (a local folder by
         its weights, so retraining into the same folder is another model).
         """
-        generation = {k: v for k, v in dataclasses.asdict(self.generation).items() if k != "compile"}
+        generation = {k: v for k, v in dataclasses.asdict(self.generation).items() if k not in ENGINE_SETTINGS}
         return {
             "model": model_fingerprint(self.model_name),
             "dtype": str(resolve_dtype(self.dtype_name)),
             "system_prompt": self.system_prompt,
             "keep_trace": self.keep_trace,
             "generation": generation,
+            "seed": self.base_seed,
         }
 
     # -------------------------------------------------------------- generation
@@ -212,6 +228,7 @@ class SoftThinkingModule(LightningModule):
             "mean_entropy": sum(result.entropy) / len(result.entropy) if result.entropy else None,
             "js_top1": result.js_top1,
             "js_top2": result.js_top2,
+            "seed": result.seed,
             "batch_seconds": seconds,
         }
         if self.keep_trace:
@@ -224,7 +241,8 @@ class SoftThinkingModule(LightningModule):
         if not batch:
             return []
         start = time.perf_counter()
-        results = self.generator.generate([self.format_prompt(r["question"]) for r in batch])
+        seeds = [row_seed(self.base_seed, r["index"], r.get("sample", 0)) for r in batch]
+        results = self.generator.generate([self.format_prompt(r["question"]) for r in batch], seeds=seeds)
         seconds = time.perf_counter() - start
         return [self.to_record(r, res, seconds) for r, res in zip(batch, results, strict=True)]
 

@@ -19,7 +19,8 @@ from softtok.soft.filters import (
     tempered_probs,
     working_dtype,
 )
-from softtok.soft.mixers import HardMixer, Mixer
+from softtok.soft.mixers import Mixer
+from softtok.soft.random import RowRandom
 from softtok.soft.token import SoftToken
 
 
@@ -57,9 +58,21 @@ def embedding_rms(embedding: nn.Module) -> float:
     return float(weight.pow(2).mean().sqrt() * float(embedding_scale(embedding)))
 
 
-def add_noise(embeds: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian exploration noise ``embeds + sigma * N(0, I)`` (identity for ``sigma == 0``)."""
-    return embeds if sigma == 0 else embeds + sigma * torch.randn_like(embeds)
+def add_noise(embeds: torch.Tensor, sigma: float, rng: RowRandom | None = None) -> torch.Tensor:
+    """Gaussian exploration noise ``embeds + sigma * N(0, I)`` for ``[B, D]`` embeds (identity for ``sigma == 0``).
+
+    The draws come from ``rng`` (fresh row seeds from torch's global generator without it),
+    taken in float64 and added in the embeddings' dtype.
+    """
+    if sigma == 0:
+        return embeds
+    rng = rng if rng is not None else RowRandom.from_torch(embeds.shape[0], embeds.device)
+    return embeds + (sigma * rng.normal(embeds.shape[-1])).to(embeds.dtype)
+
+
+def _rows(key: torch.Tensor | None, like: torch.Tensor) -> RowRandom:
+    """The rows' generator from its keys, or fresh row seeds from torch's global generator."""
+    return RowRandom.from_torch(like.shape[0], like.device) if key is None else RowRandom.from_key(key)
 
 
 @dataclass(frozen=True)
@@ -106,8 +119,6 @@ class SoftEmbedding(nn.Module):
         for name, k in (("max_topk", mixer.max_topk), ("top_k", filters.top_k)):
             if k > vocab:
                 raise ValueError(f"{name}={k} exceeds the vocabulary size {vocab}")
-        if isinstance(mixer, HardMixer) and mixer.sample and mixer.vocab_size != vocab:
-            raise ValueError(f"HardMixer vocab_size={mixer.vocab_size} != embedding vocabulary {vocab}")
         self.embedding = embedding
         self.filters = filters
         self.mixer = mixer
@@ -117,18 +128,31 @@ class SoftEmbedding(nn.Module):
         self._mix = torch.compile(self.mix_logits, dynamic=None) if compile else self.mix_logits
         self._embed = torch.compile(self.embed, dynamic=None) if compile else self.embed
 
-    def mix_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Filter and mix ``[B, V]`` logits; returns ``(ids, weights, entropy)``."""
+    def mix_logits(self, logits: torch.Tensor, key: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Filter and mix ``[B, V]`` logits; returns ``(ids, weights, entropy)``.
+
+        ``key``: the ``[B]`` keys of the rows' :class:`RowRandom` (``None``: fresh seeds from
+        torch's global generator).
+        """
         probs = tempered_probs(logits, self.filters.temperature)
         cand = filter_candidates(probs, self.filters)
-        ids, weights = self.mixer(cand.ids, cand.weights)
+        ids, weights = self.mixer(cand.ids, cand.weights, _rows(key, logits).child(0))
         return ids, weights, entropy(probs)
 
-    def embed(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Noisy soft embedding of the components ``[B, K]``."""
-        return add_noise(embed_sparse(self.embedding, SoftToken(ids, weights)), self.sigma)
+    def embed(self, ids: torch.Tensor, weights: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+        """Noisy soft embedding of the components ``[B, K]`` (noise from the stream of the ``[B]`` ``key``)."""
+        return add_noise(embed_sparse(self.embedding, SoftToken(ids, weights)), self.sigma,
+                         _rows(key, ids).child(1))
 
-    def forward(self, logits: torch.Tensor) -> SoftStep:
-        """Turn next-token logits ``[B, V]`` into the next input embedding."""
-        ids, weights, ent = self._mix(logits)
-        return SoftStep(SoftToken(ids, weights), self._embed(ids, weights), ent)
+    def forward(self, logits: torch.Tensor, rng: RowRandom | None = None) -> SoftStep:
+        """Turn next-token logits ``[B, V]`` into the next input embedding.
+
+        Args:
+            logits: ``[B, V]`` next-token logits.
+            rng: The rows' random streams (random mixers and noise); without it, fresh row
+                seeds from torch's global generator.
+        """
+        key = _rows(None if rng is None else rng.key, logits).key
+        ids, weights, ent = self._mix(logits, key)
+        return SoftStep(SoftToken(ids, weights), self._embed(ids, weights, key), ent)

@@ -3,8 +3,11 @@
 Every mixer is a small ``nn.Module`` whose ``forward(ids, weights)`` takes sorted,
 renormalised candidates ``[B, C]`` and returns sorted mixture components ``[B, K]``
 (weights >= 0, rows summing to 1, in the dtype of ``weights``). Tensors in, tensors out,
-no Python-side data dependence: each mixer compiles to one graph. Randomness comes from
-torch's global generator, so ``torch.manual_seed`` makes a run reproducible.
+no Python-side data dependence: each mixer compiles to one graph. Random mixers draw from
+a :class:`~softtok.soft.random.RowRandom` (``forward(ids, weights, rng)``): a row's draws
+depend only on its seed and step, never on the other rows of the batch. Without ``rng``
+fresh row seeds come from torch's global generator, so ``torch.manual_seed`` makes a run
+reproducible.
 
 The arithmetic runs in at least float32 (float64 where the draws need it), whatever the
 input dtype, so that no parameter value (``alpha``, ``tau``) can underflow a row to zero
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from softtok.soft.filters import check_range, entropy, renormalize, working_dtype
+from softtok.soft.random import RowRandom
 from softtok.soft.token import SoftToken
 
 #: Dirichlet resampling drops candidates with ``p <= DIRICHLET_DROP`` (as the reference code does).
@@ -44,8 +48,13 @@ def _softmax_of_scores(scores: torch.Tensor, scale: float) -> torch.Tensor:
     return weights / weights.sum(-1, keepdim=True)  # the total is >= 1: the maximum contributes exp(0)
 
 
+def _rows(rng: RowRandom | None, weights: torch.Tensor) -> RowRandom:
+    """``rng``, or fresh row seeds from torch's global generator."""
+    return rng if rng is not None else RowRandom.from_torch(weights.shape[0], weights.device)
+
+
 class Mixer(nn.Module):
-    """Base class. Subclasses implement ``forward(ids, weights) -> (ids, weights)``.
+    """Base class. Subclasses implement ``forward(ids, weights, rng=None) -> (ids, weights)``.
 
     Args:
         max_topk: Number of mixture components kept (``K``), at least 1.
@@ -57,9 +66,9 @@ class Mixer(nn.Module):
             raise ValueError(f"max_topk={max_topk!r} must be an integer >= 1")
         self.max_topk = int(max_topk)
 
-    def mix(self, candidates: SoftToken) -> SoftToken:
-        """Mix sorted candidates into a :class:`SoftToken`."""
-        return SoftToken(*self(candidates.ids, candidates.weights))
+    def mix(self, candidates: SoftToken, rng: RowRandom | None = None) -> SoftToken:
+        """Mix sorted candidates into a :class:`SoftToken` (random mixers draw from ``rng``)."""
+        return SoftToken(*self(candidates.ids, candidates.weights, rng))
 
     def _cut(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ids[:, : self.max_topk], renormalize(weights[:, : self.max_topk])
@@ -68,7 +77,8 @@ class Mixer(nn.Module):
 class TopKMixer(Mixer):
     """Soft Thinking: keep the ``max_topk`` largest weights and renormalise."""
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         return self._cut(ids, weights)
 
 
@@ -112,7 +122,8 @@ class DirichletMixer(Mixer):
         check_range("alpha", alpha, 0.0, float("inf"), low_open=True)
         self.alpha = float(alpha)
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         p = weights.double()
         top = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, p.argmax(-1, keepdim=True), True)
         keep = (p > DIRICHLET_DROP) | top
@@ -121,10 +132,9 @@ class DirichletMixer(Mixer):
         else:
             scale = min(self.alpha, 1.0)
             p_kept = torch.where(keep, p, 1.0).clamp_min(DIRICHLET_DROP)  # > 0; only the kept entries matter
-            boosted = torch._standard_gamma(self.alpha * p_kept + 1.0)
-            log_u = torch.log1p(-torch.rand_like(p))  # log of U = 1 - rand in (0, 1]: finite
-            # A shape near the float64 maximum (alpha ~ 1.8e308) can draw inf: cap its log so scores stay finite.
-            log_boosted = torch.log(boosted).clamp_max(torch.finfo(torch.float64).max)
+            rng = _rows(rng, p)
+            log_boosted = rng.child(0).gamma(self.alpha * p_kept + 1.0)  # log Gamma(a + 1): finite
+            log_u = torch.log(rng.child(1).uniform(p.shape[-1]))  # U in (0, 1): finite
             scores = scale * log_boosted + log_u * (scale / self.alpha) / p_kept
             resampled = _softmax_of_scores(torch.where(keep, scores, float("-inf")), scale)
         ids, resampled = _sort_desc(ids, resampled)
@@ -154,11 +164,10 @@ class GumbelMixer(Mixer):
         check_range("tau", tau, 0.0, float("inf"), low_open=True)
         self.tau = float(tau)
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         ids, cut = self._cut(ids, weights.to(working_dtype(weights.dtype)))
-        # float32 uniforms as before (a seed draws the same noise), widened for the arithmetic.
-        u = torch.rand_like(cut, dtype=torch.float32).clamp_(1e-10, 1.0 - 1e-7).double()
-        gumbel = -torch.log(-torch.log(u))
+        gumbel = _rows(rng, cut).gumbel(cut.shape[-1])  # float64, U in (0, 1): finite
         mixed = _softmax_of_scores(torch.log(cut.double()) + gumbel, self.tau)
         ids, mixed = _sort_desc(ids, mixed)
         return ids, mixed.to(weights.dtype)
@@ -181,10 +190,11 @@ class MixtureOfInputsMixer(Mixer):
         check_range("beta", beta, 0.0, float("inf"))
         self.beta = float(beta)
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         ids, cut = self._cut(ids, weights.to(working_dtype(weights.dtype)))
         k = cut.shape[-1]
-        sampled = torch.multinomial(cut, 1)
+        sampled = _rows(rng, cut).categorical(cut)
         onehot = torch.zeros_like(cut).scatter_(-1, sampled, 1.0)
         q = (cut + self.beta * onehot) / (1.0 + self.beta)
         ent = entropy(cut)[:, None]
@@ -196,29 +206,22 @@ class MixtureOfInputsMixer(Mixer):
 class HardMixer(Mixer):
     """Discrete decoding as a one-component mixture: the argmax, or a sample.
 
-    Sampling draws ``torch.multinomial`` over the full vocabulary in id order, as
-    Hugging Face ``generate`` does, so a fixed seed gives the same tokens (the draw is
-    made in at least float32).
+    Sampling draws one candidate with probability equal to its (filtered) weight, by
+    inverse CDF over the candidates (:meth:`~softtok.soft.random.RowRandom.categorical`):
+    the distribution of HF ``generate``'s sampling with the same filters, drawn from the
+    row's own counter-based stream.
 
     Args:
         sample: Sample instead of taking the argmax.
-        vocab_size: Vocabulary size, required when ``sample`` is true.
     """
 
-    def __init__(self, sample: bool = False, vocab_size: int | None = None) -> None:
+    def __init__(self, sample: bool = False) -> None:
         super().__init__(1)
-        if sample and not vocab_size:
-            raise ValueError("HardMixer(sample=True) needs vocab_size")
         self.sample = bool(sample)
-        self.vocab_size = vocab_size
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.sample:
-            wide = weights.to(working_dtype(weights.dtype))
-            dense = wide.new_zeros(wide.shape[0], self.vocab_size).scatter_(-1, ids, wide)
-            chosen = torch.multinomial(dense, 1)
-        else:
-            chosen = ids[:, :1]
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = ids.gather(-1, _rows(rng, weights).categorical(weights)) if self.sample else ids[:, :1]
         return chosen, torch.ones_like(chosen, dtype=weights.dtype)
 
 
