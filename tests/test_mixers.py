@@ -63,7 +63,7 @@ def test_mixture_is_a_sorted_distribution(variant: str, data: st.DataObject) -> 
     seed = data.draw(st.integers(0, 2**31 - 1))
     soft = soft_embedding(variant, max_topk, vocab, cfg)
 
-    key = RowRandom(torch.arange(batch) + seed).key
+    key = RowRandom(torch.arange(batch) + seed)
     ids, weights, ent = soft.mix_logits(logits, key)
     assert_distribution_rows(weights)
     assert torch.isfinite(ent).all()
@@ -79,7 +79,7 @@ def test_mixture_is_a_sorted_distribution(variant: str, data: st.DataObject) -> 
     assert survived.gather(-1, ids)[weights > 0].all()
 
     # The same row seeds reproduce the step exactly.
-    ids2, weights2, ent2 = soft.mix_logits(logits, RowRandom(torch.arange(batch) + seed).key)
+    ids2, weights2, ent2 = soft.mix_logits(logits, RowRandom(torch.arange(batch) + seed))
     assert torch.equal(ids, ids2) and torch.equal(weights, weights2) and torch.equal(ent, ent2)
 
 
@@ -90,7 +90,7 @@ def test_all_filtered_row_gives_the_argmax_one_hot(variant: str, logits: torch.T
     vocab = logits.shape[1]
     cfg = FilterConfig(temperature=1.0, top_p=1e-9)  # keeps only the top entry of every row
     soft = soft_embedding(variant, data.draw(st.integers(1, vocab)), vocab, cfg)
-    key = RowRandom(torch.arange(logits.shape[0]) + data.draw(st.integers(0, 1000))).key
+    key = RowRandom(torch.arange(logits.shape[0]) + data.draw(st.integers(0, 1000)))
     ids, weights, _ = soft.mix_logits(logits, key)
     probs = tempered_probs(logits, 1.0)
     torch.testing.assert_close(weights[:, 0], torch.ones(logits.shape[0]))
@@ -128,7 +128,7 @@ def test_hard_sample_follows_hf_filtered_distribution(cfg: FilterConfig) -> None
     torch.manual_seed(0)
     logits = (torch.randn(1, vocab) * 2).expand(n, -1)
     soft = SoftEmbedding(nn.Embedding(vocab, 8), cfg, HardMixer(sample=True))
-    ids, weights, _ = soft.mix_logits(logits, RowRandom(torch.arange(n)).key)
+    ids, weights, _ = soft.mix_logits(logits, RowRandom(torch.arange(n)))
     assert torch.equal(weights, torch.ones(n, 1))
     expected = hf_filtered(logits[:1], cfg)[0].double()
     freq = torch.bincount(ids[:, 0], minlength=vocab).double() / n

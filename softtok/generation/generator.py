@@ -211,7 +211,7 @@ class SoftThinkingGenerator:
         self.stop_matcher = StreamMatcher(tokenizer, config.stop_strings, self.device) if config.stop_strings else None
         with torch.no_grad():  # the mixture width K (fixed by the filters and the mixer)
             probe = self.soft.mix_logits(torch.zeros(1, embedding.weight.shape[0], device=self.device),
-                                         torch.zeros(1, dtype=torch.long, device=self.device))
+                                         RowRandom(torch.zeros(1, dtype=torch.long, device=self.device)))
         self._width, self._weight_dtype = probe[0].shape[-1], probe[1].dtype
         self._think_end_tensor = torch.tensor(self.think_end_ids, dtype=torch.long, device=self.device)
         self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
@@ -224,9 +224,19 @@ class SoftThinkingGenerator:
 
     # ----------------------------------------------------------------- the step
     def _answer_tokens(self, logits: torch.Tensor, rng: RowRandom) -> torch.Tensor:
-        """Sample (or argmax) the answer-phase tokens, ``[B]``."""
+        """Sample (or argmax) the answer-phase tokens, ``[B]``.
+
+        Greedy takes the argmax of the logits and unfiltered sampling draws from the full
+        distribution in id order: neither needs the sorted candidate set (a sort over the
+        vocabulary, the costliest operation of a step otherwise).
+        """
         cfg = self.config.answer_filters
-        cand = filter_candidates(tempered_probs(logits, cfg.temperature), cfg)
+        if cfg.temperature == 0:
+            return logits.argmax(-1)
+        probs = tempered_probs(logits, cfg.temperature)
+        if cfg.top_k == 0 and cfg.top_p == 1.0 and cfg.min_p == 0.0:
+            return rng.categorical(probs)[:, 0]
+        cand = filter_candidates(probs, cfg)
         return self.answer_sampler(cand.ids, cand.weights, rng)[0][:, 0]
 
     def _update(self, s: dict[str, torch.Tensor], logits: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -269,15 +279,18 @@ class SoftThinkingGenerator:
 
         # ANSWER: sample; EOS ends the row unrecorded, a stop string or the budget after recording.
         answer = phase == ANSWER
-        sampled = self._answer_tokens(logits, rng.child(_ANSWER_STREAM))
-        answer_eos = answer & torch.isin(sampled, eos_ids)
-        answer_record = answer & ~answer_eos
-        out["answer_ids"] = s["answer_ids"].scatter(1, s["answer_tokens"][:, None], sampled[:, None])
-        out["answer_tokens"] = s["answer_tokens"] + answer_record.long()
-        answer_stop = answer_record & (out["answer_tokens"] >= cfg.max_answer_tokens)
-        if self.stop_matcher is not None:
-            out["answer_hist"] = self.stop_matcher.push(s["answer_hist"], sampled, answer_record)
-            answer_stop = answer_stop | (answer_record & self.stop_matcher.matched(out["answer_hist"]))
+        answer_eos = answer_stop = torch.zeros_like(answer)
+        sampled = top1
+        if cfg.max_answer_tokens > 0:  # (otherwise no row ever answers)
+            sampled = self._answer_tokens(logits, rng.child(_ANSWER_STREAM))
+            answer_eos = answer & torch.isin(sampled, eos_ids)
+            answer_record = answer & ~answer_eos
+            out["answer_ids"] = s["answer_ids"].scatter(1, s["answer_tokens"][:, None], sampled[:, None])
+            out["answer_tokens"] = s["answer_tokens"] + answer_record.long()
+            answer_stop = answer_record & (out["answer_tokens"] >= cfg.max_answer_tokens)
+            if self.stop_matcher is not None:
+                out["answer_hist"] = self.stop_matcher.push(s["answer_hist"], sampled, answer_record)
+                answer_stop = answer_stop | (answer_record & self.stop_matcher.matched(out["answer_hist"]))
 
         # FORCED: one think_end token per step, starting in the step that forces it.
         think_end_ids = self._think_end_tensor
@@ -401,13 +414,19 @@ class SoftThinkingGenerator:
 
         state = self._initial_state(seeds, pre.attention_mask, pre.position_ids[:, -1] + 1, cache_length)
         compact = cfg.compact and not static and all(type(layer) in ROW_SELECTABLE_LAYERS for layer in cache.layers)
-        step_fn = self._compiled_step() if (cfg.compile and static) else self._decode_step
+        compiled = cfg.compile and static
+        step_fn = self._compiled_step() if compiled else self._decode_step
         finished: list[dict[str, torch.Tensor]] = []
         self.host_syncs = 0
         for step in range(max_steps):
-            if cfg.compile and static and self.device.type == "cuda":
+            if compiled and self.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
-            state, logits = step_fn(state, logits, cache, None if static else prompt_length + step + 1)
+            if compiled and step > 0:
+                # Every step has the shapes of the first one, whose call checked the guards (or compiled).
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    state, logits = step_fn(state, logits, cache, None)
+            else:
+                state, logits = step_fn(state, logits, cache, None if static else prompt_length + step + 1)
             self.steps = step + 1
             if (step + 1) % cfg.sync_every == 0 or step + 1 == max_steps:
                 done = (state["phase"] == DONE).cpu()  # the only host read of the loop

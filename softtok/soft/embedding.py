@@ -70,9 +70,9 @@ def add_noise(embeds: torch.Tensor, sigma: float, rng: RowRandom | None = None) 
     return embeds + (sigma * rng.normal(embeds.shape[-1])).to(embeds.dtype)
 
 
-def _rows(key: torch.Tensor | None, like: torch.Tensor) -> RowRandom:
-    """The rows' generator from its keys, or fresh row seeds from torch's global generator."""
-    return RowRandom.from_torch(like.shape[0], like.device) if key is None else RowRandom.from_key(key)
+def _rows(rng: RowRandom | None, like: torch.Tensor) -> RowRandom:
+    """``rng``, or fresh row seeds from torch's global generator."""
+    return RowRandom.from_torch(like.shape[0], like.device) if rng is None else rng
 
 
 @dataclass(frozen=True)
@@ -128,22 +128,20 @@ class SoftEmbedding(nn.Module):
         self._mix = torch.compile(self.mix_logits, dynamic=None) if compile else self.mix_logits
         self._embed = torch.compile(self.embed, dynamic=None) if compile else self.embed
 
-    def mix_logits(self, logits: torch.Tensor, key: torch.Tensor | None = None
+    def mix_logits(self, logits: torch.Tensor, rng: RowRandom | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Filter and mix ``[B, V]`` logits; returns ``(ids, weights, entropy)``.
 
-        ``key``: the ``[B]`` keys of the rows' :class:`RowRandom` (``None``: fresh seeds from
-        torch's global generator).
+        ``rng``: the rows' random streams (``None``: fresh seeds from torch's global generator).
         """
         probs = tempered_probs(logits, self.filters.temperature)
         cand = filter_candidates(probs, self.filters)
-        ids, weights = self.mixer(cand.ids, cand.weights, _rows(key, logits).child(0))
+        ids, weights = self.mixer(cand.ids, cand.weights, _rows(rng, logits).child(0))
         return ids, weights, entropy(probs)
 
-    def embed(self, ids: torch.Tensor, weights: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-        """Noisy soft embedding of the components ``[B, K]`` (noise from the stream of the ``[B]`` ``key``)."""
-        return add_noise(embed_sparse(self.embedding, SoftToken(ids, weights)), self.sigma,
-                         _rows(key, ids).child(1))
+    def embed(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None) -> torch.Tensor:
+        """Noisy soft embedding of the components ``[B, K]`` (noise from ``rng``'s stream)."""
+        return add_noise(embed_sparse(self.embedding, SoftToken(ids, weights)), self.sigma, _rows(rng, ids).child(1))
 
     def forward(self, logits: torch.Tensor, rng: RowRandom | None = None) -> SoftStep:
         """Turn next-token logits ``[B, V]`` into the next input embedding.
@@ -153,6 +151,6 @@ class SoftEmbedding(nn.Module):
             rng: The rows' random streams (random mixers and noise); without it, fresh row
                 seeds from torch's global generator.
         """
-        key = _rows(None if rng is None else rng.key, logits).key
-        ids, weights, ent = self._mix(logits, key)
-        return SoftStep(SoftToken(ids, weights), self._embed(ids, weights, key), ent)
+        rng = _rows(rng, logits)
+        ids, weights, ent = self._mix(logits, rng)
+        return SoftStep(SoftToken(ids, weights), self._embed(ids, weights, rng), ent)

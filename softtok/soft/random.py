@@ -32,6 +32,11 @@ _MASK32 = 0xFFFFFFFF
 GAMMA_TRIES = 10
 
 
+def _stream_word(stream: int) -> int:
+    """The 32-bit word that separates child stream ``stream`` from its parent."""
+    return 0x9E3779B9 * (stream + 1) & _MASK32
+
+
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     """``(x * c) mod 2^32`` for uint32 values held in int64, without int64 overflow."""
     low, high = x & 0xFFFF, x >> 16
@@ -80,14 +85,28 @@ class RowRandom:
         seeds = torch.as_tensor(seeds, dtype=torch.int64)
         if seeds.dim() != 1:
             raise ValueError(f"seeds must be a 1-D tensor with one seed per row, got shape {tuple(seeds.shape)}")
-        key = hash32(hash32(seeds & _MASK32) + ((seeds >> 32) & _MASK32))
-        self.key = hash32(key + torch.as_tensor(step, dtype=torch.int64, device=seeds.device))
+        # The step as a tensor: a compiled function taking this object must not guard on its value.
+        self._seeds, self._step, self._streams = seeds, torch.as_tensor(step, dtype=torch.int64), ()
+        self._key: torch.Tensor | None = None
+
+    @property
+    def key(self) -> torch.Tensor:
+        """The rows' ``[B]`` keys (uint32 values in int64), computed on first use: a step that draws
+        nothing (greedy, top-k Soft Thinking without noise) costs no hashing."""
+        if self._key is None:
+            seeds = self._seeds
+            key = hash32(hash32(seeds & _MASK32) + ((seeds >> 32) & _MASK32))
+            key = hash32(key + self._step.to(seeds.device))
+            for stream in self._streams:
+                key = hash32(key + _stream_word(stream))
+            self._key = key
+        return self._key
 
     @classmethod
     def from_key(cls, key: torch.Tensor) -> RowRandom:
-        """A generator with the given ``[B]`` keys (used by :meth:`child` and :meth:`select`)."""
+        """A generator with the given ``[B]`` keys (used by :meth:`select`)."""
         out = cls.__new__(cls)
-        out.key = key
+        out._seeds, out._step, out._streams, out._key = None, None, (), key
         return out
 
     @classmethod
@@ -98,11 +117,15 @@ class RowRandom:
 
     @property
     def batch_size(self) -> int:
-        return self.key.shape[0]
+        return (self._seeds if self._key is None else self._key).shape[0]
 
     def child(self, stream: int) -> RowRandom:
         """An independent stream for one consumer (mixer, noise, answer sampler...)."""
-        return RowRandom.from_key(hash32(self.key + (0x9E3779B9 * (stream + 1) & _MASK32)))
+        if self._key is not None:
+            return RowRandom.from_key(hash32(self._key + _stream_word(stream)))
+        out = RowRandom.__new__(RowRandom)
+        out._seeds, out._step, out._streams, out._key = self._seeds, self._step, (*self._streams, stream), None
+        return out
 
     def select(self, index: torch.Tensor) -> RowRandom:
         """The generators of the rows ``index`` (``[b]``)."""
