@@ -18,6 +18,7 @@ from softtok.models import load_model
 from softtok.modules import DEFAULT_SYSTEM_PROMPT
 from softtok.soft import Mixer
 from softtok.soft.filters import renormalize
+from softtok.soft.random import RowRandom
 
 
 class PowerMixer(Mixer):
@@ -27,7 +28,8 @@ class PowerMixer(Mixer):
         super().__init__(max_topk)
         self.gamma = gamma
 
-    def forward(self, ids: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         ids, weights = self._cut(ids, weights)
         return ids, renormalize(weights.pow(self.gamma))
 

@@ -258,3 +258,35 @@ def test_ddp_predict_gives_the_records_of_one_process(model_dir, data_file, tmp_
     assert len(runs[1]) == 2 * len(QUESTIONS)
     assert runs[1] == runs[2]
 
+
+
+@pytest.mark.slow
+def test_engine_on_smollm2_equals_the_reference_loop_and_hf_greedy():
+    """The embedded SmolLM2-135M-Instruct: the engine equals the reference loop (discrete greedy, soft
+    K = 1 and K = 10, mixed prompt lengths, rows ending by think_end, stop string and budget), both cache
+    kinds; discrete greedy equals HF ``generate``."""
+    from test_models import require_embedded
+
+    from softtok.models import load_model
+
+    require_embedded("smollm2-135m")
+    model, tok = load_model("smollm2-135m")
+    questions = ["What is 2 + 3?", "Tom has 7 apples and eats 2. How many are left?", "Say hi.", "12 + 30 - 5 = ?"]
+    prompts = [tok.apply_chat_template([{"role": "system", "content": "Think step by step, then end with a line "
+                                         "'Final answer: <answer>'."}, {"role": "user", "content": q}],
+                                       tokenize=False, add_generation_prompt=True) for q in questions]
+    for mode in DETERMINISTIC:
+        cfg = GenerationConfig(**{**DETERMINISTIC[mode], "cold_stop_entropy": 0.0}, think_end="Final answer:",
+                               max_think_tokens=40, max_answer_tokens=6, stop_strings=["\n"], return_topk=True)
+        want = ReferenceGenerator(model, tok, cfg).generate(prompts)
+        for kw in (dict(sync_every=4), dict(cache="static")):
+            got = SoftThinkingGenerator(model, tok, GenerationConfig(**{**cfg.__dict__, **kw})).generate(prompts)
+            assert [r.think_ids + r.answer_ids for r in got] == [r.think_ids + r.answer_ids for r in want]
+            assert [r.think_end for r in got] == [r.think_end for r in want]
+        if mode == "discrete":
+            assert len({r.think_end for r in want}) >= 2
+            # HF greedy continues through "Final answer:" as ordinary tokens: compare the thinking prefix.
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            hf = model.generate(**enc, do_sample=False, max_new_tokens=40, pad_token_id=tok.pad_token_id)
+            for row, res in zip(hf[:, enc.input_ids.shape[1]:].tolist(), want, strict=True):
+                assert row[: len(res.think_ids)] == res.think_ids

@@ -158,3 +158,22 @@ def test_custom_mixer_overrides_the_mode(tokenizer):
 
 def test_stop_strings_list_becomes_a_tuple():
     assert GenerationConfig(stop_strings=["\n", "Q:"]).stop_strings == ("\n", "Q:")
+
+
+def test_the_custom_mixer_example_runs_in_the_engine(tokenizer):
+    """examples/soft_thinking_custom_mixer.py's mixer plugs into the generator (a mixer API change breaks this)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "soft_thinking_custom_mixer.py")
+    spec = importlib.util.spec_from_file_location("custom_mixer_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cfg = GenerationConfig(mode="soft", max_think_tokens=6, max_answer_tokens=2, return_topk=True)
+    results = SoftThinkingGenerator(tiny_model("llama"), tokenizer, cfg, mixer=example.PowerMixer(10, 3.0)).generate(
+        PROMPTS)
+    base = SoftThinkingGenerator(tiny_model("llama"), tokenizer, cfg).generate(PROMPTS)
+    assert all(r.think_tokens > 0 for r in results)
+    # gamma > 1 sharpens: the top weight grows over vanilla Soft Thinking's at the first step.
+    assert results[0].topk_weights[0][0] > base[0].topk_weights[0][0]
