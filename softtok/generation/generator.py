@@ -175,8 +175,8 @@ class SoftThinkingGenerator:
         ValueError: If ``config.think_end`` cannot be encoded by the tokenizer.
 
     Attributes:
-        host_syncs: Host reads of device state in the last :meth:`generate` call (one per
-            ``sync_every`` steps, plus the final transfer of the outputs).
+        host_syncs: Host reads of device state while decoding in the last :meth:`generate` call
+            (one per ``sync_every`` steps; the transfer of the outputs at the end not counted).
         steps: Decode steps run in the last call.
 
     Example:
@@ -346,7 +346,7 @@ class SoftThinkingGenerator:
     def _compiled_step(self):  # noqa: ANN202
         if self._compiled is None:
             cuda = self.device.type == "cuda"
-            self._compiled = torch.compile(self._decode_step, fullgraph=True,
+            self._compiled = torch.compile(self._decode_step, fullgraph=True, dynamic=False,
                                            mode="reduce-overhead" if cuda else None)
         return self._compiled
 
@@ -428,7 +428,7 @@ class SoftThinkingGenerator:
             else:
                 state, logits = step_fn(state, logits, cache, None if static else prompt_length + step + 1)
             self.steps = step + 1
-            if (step + 1) % cfg.sync_every == 0 or step + 1 == max_steps:
+            if (step + 1) % cfg.sync_every == 0 and step + 1 < max_steps:  # (after the last step: no need)
                 done = (state["phase"] == DONE).cpu()  # the only host read of the loop
                 self.host_syncs += 1
                 if bool(done.all()):
@@ -440,7 +440,6 @@ class SoftThinkingGenerator:
                     state = {k: (v.index_select(0, keep) if v.dim() > 0 else v) for k, v in state.items()}
                     logits = logits.index_select(0, keep)
                     cache.batch_select_indices(keep)
-        self.host_syncs += 1  # the outputs' transfer
         return self._results(finished + [state], batch_size)
 
     def _initial_state(self, seeds: list[int], mask: torch.Tensor, position: torch.Tensor,
