@@ -196,6 +196,18 @@ def test_compiled_step_equals_eager_with_one_graph_and_no_recompiles(tokenizer, 
         torch._dynamo.reset()
 
 
+def test_compiled_update_with_a_dynamic_cache_equals_eager(tokenizer, fresh_dynamo):
+    """``compile`` with a dynamic cache compiles the phase update (mixing included) only; rows leaving the
+    batch at host checks change its batch size, which recompiles once with a symbolic batch, not per size."""
+    model = tiny_model("qwen2")
+    settings = config("soft_k10", sync_every=2, return_topk=False)  # (tail components may swap at 1e-7)
+    eager = SoftThinkingGenerator(model, tokenizer, settings).generate(TEXTS)
+    before = counters["stats"]["unique_graphs"]
+    compiled = SoftThinkingGenerator(model, tokenizer, GenerationConfig(**{**settings.__dict__, "compile": True}))
+    assert outputs(compiled.generate(TEXTS)) == outputs(eager)
+    assert counters["stats"]["unique_graphs"] - before <= 2
+
+
 # --------------------------------------------------------------------------- bad input
 def test_bad_engine_settings_are_clear_errors(tokenizer):
     with pytest.raises(ValueError, match="sync_every=0"):

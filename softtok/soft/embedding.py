@@ -19,7 +19,7 @@ from softtok.soft.filters import (
     tempered_probs,
     working_dtype,
 )
-from softtok.soft.mixers import Mixer
+from softtok.soft.mixers import HardMixer, Mixer
 from softtok.soft.random import RowRandom
 from softtok.soft.token import SoftToken
 
@@ -133,7 +133,15 @@ class SoftEmbedding(nn.Module):
         """Filter and mix ``[B, V]`` logits; returns ``(ids, weights, entropy)``.
 
         ``rng``: the rows' random streams (``None``: fresh seeds from torch's global generator).
+
+        Greedy decoding (temperature 0 with a :class:`~softtok.soft.HardMixer`) takes the
+        argmax directly: the tempered distribution is its one-hot, whose entropy is 0 and
+        whose filtering and sampling return it, so the passes over the vocabulary are skipped.
         """
+        if self.filters.temperature == 0 and isinstance(self.mixer, HardMixer):
+            ids = torch.where(logits == logits, logits, float("-inf")).argmax(-1, keepdim=True)  # NaN counts as -inf
+            weights = torch.ones(ids.shape, dtype=torch.float32, device=ids.device)
+            return ids, weights, torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device)
         probs = tempered_probs(logits, self.filters.temperature)
         cand = filter_candidates(probs, self.filters)
         ids, weights = self.mixer(cand.ids, cand.weights, _rows(rng, logits).child(0))
