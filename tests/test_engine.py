@@ -118,11 +118,21 @@ def test_host_reads_once_per_sync_interval(tokenizer):
     longest = max(r.think_tokens + len(gen.think_end_ids) * (r.think_end in ("budget", "cold_stop"))
                   + r.answer_tokens for r in results)
     assert longest > 64
-    # One read per 16 steps, none after the last possible step (the loop ends there anyway).
-    max_steps = 64 + len(gen.think_end_ids) + 16 + 1
-    assert gen.host_syncs == len(range(16, min(gen.steps + 1, max_steps), 16))
+    # One read per 16 steps, none at the loop's last step (every row is done there).
+    assert gen.host_syncs == len(range(16, gen.steps, 16)) + (gen.steps % 16 == 0)
     assert longest <= gen.steps < longest + 16  # stopped at the first check after the last row ended
     assert gen.host_syncs / longest <= 1 / 16
+
+
+def test_the_loop_ends_when_the_budgets_say_every_row_must_be_done(tokenizer):
+    """Rows that can only run to their budgets end the loop on their last step, not at the next check."""
+    gen = SoftThinkingGenerator(tiny_model("llama"), tokenizer, GenerationConfig(
+        mode="soft", think_end="zzzzzz", max_think_tokens=40, max_answer_tokens=0))
+    gen.eos_ids = set()  # nothing ends a row before its budget
+    results = gen.generate(TEXTS[:3])
+    assert [r.think_tokens for r in results] == [40] * 3
+    assert gen.steps == 41  # 40 concept tokens, then the step that forces think_end (and ends the row)
+    assert gen.host_syncs == 2  # at steps 16 and 32; the second one bounds the rest
 
 
 # --------------------------------------------------------------------------- randomness per row

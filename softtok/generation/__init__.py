@@ -2,8 +2,9 @@
 
 from softtok.generation.cache import CacheSnapshot, check_rows_removable, restore_cache, snapshot_cache
 from softtok.generation.config import MODES, GenerationConfig
-from softtok.generation.generator import GenerationResult, SoftThinkingGenerator, js_divergence
+from softtok.generation.generator import GenerationResult, SoftThinkingGenerator, default_seeds, js_divergence
 from softtok.generation.prefill import Prefill, PrefillBuilder, plain_prefill, positions_from_mask, prefill_logits
+from softtok.generation.stops import StreamMatcher
 
 __all__ = [
     "CacheSnapshot",
@@ -13,7 +14,9 @@ __all__ = [
     "Prefill",
     "PrefillBuilder",
     "SoftThinkingGenerator",
+    "StreamMatcher",
     "check_rows_removable",
+    "default_seeds",
     "js_divergence",
     "plain_prefill",
     "positions_from_mask",

@@ -418,7 +418,8 @@ class SoftThinkingGenerator:
         step_fn = self._compiled_step() if compiled else self._decode_step
         finished: list[dict[str, torch.Tensor]] = []
         self.host_syncs = 0
-        for step in range(max_steps):
+        end, step = max_steps, 0
+        while step < end:
             if compiled and self.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
             if compiled and step > 0:
@@ -427,12 +428,15 @@ class SoftThinkingGenerator:
                     state, logits = step_fn(state, logits, cache, None)
             else:
                 state, logits = step_fn(state, logits, cache, None if static else prompt_length + step + 1)
-            self.steps = step + 1
-            if (step + 1) % cfg.sync_every == 0 and step + 1 < max_steps:  # (after the last step: no need)
-                done = (state["phase"] == DONE).cpu()  # the only host read of the loop
+            step = self.steps = step + 1
+            if step % cfg.sync_every == 0 and step < end:  # (at `end` every row is done: no need to look)
+                # The only host read of the loop: phases and the steps each row can still take.
+                phase, remaining = self._remaining_steps(state).cpu()
                 self.host_syncs += 1
+                done = phase == DONE
                 if bool(done.all()):
                     break
+                end = min(end, step + int(remaining.max()))  # no row can run longer: no check overshoots it
                 if compact and bool(done.any()):
                     keep = torch.nonzero(~done)[:, 0].to(self.device)
                     gone = torch.nonzero(done)[:, 0].to(self.device)
@@ -441,6 +445,22 @@ class SoftThinkingGenerator:
                     logits = logits.index_select(0, keep)
                     cache.batch_select_indices(keep)
         return self._results(finished + [state], batch_size)
+
+    def _remaining_steps(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[2, B]``: each row's phase, and the most steps it can still take before it is done.
+
+        THINK: the rest of the thinking budget, the think_end tokens (forcing takes one step
+        when no answer is wanted) and the answer budget; FORCED: the think_end tokens left
+        and the answer budget; ANSWER: the answer budget left; DONE: 0.
+        """
+        cfg, n_end = self.config, len(self.think_end_ids)
+        forced_steps = n_end if cfg.max_answer_tokens > 0 else 1
+        phase = s["phase"]
+        remaining = torch.where(phase == THINK, cfg.max_think_tokens - s["think_tokens"] + forced_steps
+                                + cfg.max_answer_tokens, 0)
+        remaining = torch.where(phase == FORCED, n_end - s["forced"] + cfg.max_answer_tokens, remaining)
+        remaining = torch.where(phase == ANSWER, cfg.max_answer_tokens - s["answer_tokens"], remaining)
+        return torch.stack([phase, remaining])
 
     def _initial_state(self, seeds: list[int], mask: torch.Tensor, position: torch.Tensor,
                        cache_length: int) -> dict[str, torch.Tensor]:

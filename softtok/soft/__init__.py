@@ -19,6 +19,7 @@ from softtok.soft.mixers import (
     TopKMixer,
     build_mixer,
 )
+from softtok.soft.random import RowRandom, row_seed
 from softtok.soft.token import SoftToken
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "HardMixer",
     "Mixer",
     "MixtureOfInputsMixer",
+    "RowRandom",
     "SoftEmbedding",
     "SoftStep",
     "SoftToken",
@@ -40,5 +42,6 @@ __all__ = [
     "embedding_rms",
     "entropy",
     "filter_candidates",
+    "row_seed",
     "tempered_probs",
 ]
