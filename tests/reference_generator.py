@@ -24,15 +24,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softtok.generation.cache import check_rows_removable, restore_cache, snapshot_cache
-from softtok.generation.config import MODES, GenerationConfig
-from softtok.generation.generator import GenerationResult, encode_think_end, js_divergence
+from softtok.generation.generator import GenerationResult, SoftThinkingGenerator, js_divergence
 from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
-from softtok.soft.embedding import SoftEmbedding
 from softtok.soft.filters import filter_candidates, tempered_probs
-from softtok.soft.mixers import HardMixer, Mixer, build_mixer
 
 THINK, FORCED, ANSWER = 0, 1, 2
 
@@ -57,60 +53,20 @@ class _Row:
         self.js: tuple[list[float], list[float]] | None = ([], []) if probe else None
 
 
-class ReferenceGenerator:
-    """Batched Soft Thinking (and discrete CoT) generation for any HF causal LM.
-
-    Args:
-        model: A causal LM (eval mode).
-        tokenizer: Its tokenizer.
-        config: Generation settings.
-        mixer: A custom thinking mixer (any :class:`~softtok.soft.Mixer`); overrides the one the
-            config's ``mode`` selects, keeping the config's filters, noise and budgets.
-
-    Raises:
-        ValueError: If ``config.think_end`` cannot be encoded by the tokenizer.
-
-    Example:
-        >>> gen = SoftThinkingGenerator(model, tokenizer, GenerationConfig(mode="gumbel"))
-        >>> results = gen.generate(["<|im_start|>user\\nWhat is 2+3?<|im_end|>\\n<|im_start|>assistant\\n"])
-    """
-
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        config: GenerationConfig | None = None,
-        mixer: Mixer | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.config = config = config or GenerationConfig()
-        self.think_end_ids = encode_think_end(tokenizer, config.think_end)
-        embedding = model.get_input_embeddings()
-        mixer_kwargs = config.mixer_kwargs
-        self.soft = SoftEmbedding(
-            embedding,
-            config.thinking_filters,
-            mixer or build_mixer(MODES[config.mode], **mixer_kwargs),
-            noise_factor=config.noise_factor,
-            compile=config.compile,
-        )
-        self.answer_sampler = HardMixer(sample=config.answer_temperature > 0)
-        eos = model.generation_config.eos_token_id
-        eos = eos if eos is not None else tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+class ReferenceGenerator(SoftThinkingGenerator):
+    """The per-step host loop, on the engine's constructor (mixers, samplers, think_end ids, EOS ids)."""
 
     def _tail_text(self, ids: list[int], n: int) -> str:
         """The decoded text of the last ``n`` of ``ids`` (see :func:`tail_tokens`)."""
         return self.tokenizer.decode(ids[-n:], skip_special_tokens=False)
 
-    def _answer_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+    def _ref_answer_tokens(self, logits: torch.Tensor) -> torch.Tensor:
         """Sample (or argmax) the answer-phase tokens, ``[N]``."""
         cfg = self.config.answer_filters
         cand = filter_candidates(tempered_probs(logits, cfg.temperature), cfg)
         return self.answer_sampler(cand.ids, cand.weights)[0][:, 0]
 
-    def _forward(self, embeds, mask, positions, cache) -> torch.Tensor:
+    def _ref_forward(self, embeds, mask, positions, cache) -> torch.Tensor:
         out = self.model(
             inputs_embeds=embeds[:, None], attention_mask=mask, position_ids=positions[:, None], cache=cache,
             use_cache=True,
@@ -197,7 +153,7 @@ class ReferenceGenerator:
                     alternatives = step.token.ids[[think_pos.index(i) for i in soft_rows], :2].tolist()
 
             if answer_pos:
-                sampled = self._answer_tokens(logits[answer_pos]).tolist()
+                sampled = self._ref_answer_tokens(logits[answer_pos]).tolist()
                 for j, i in enumerate(answer_pos):
                     res = rows[active[i]].result
                     if sampled[j] in self.eos_ids:
@@ -235,17 +191,17 @@ class ReferenceGenerator:
 
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             if cfg.probe and soft_rows:
-                probe_logits = self._probe(dict(zip(soft_rows, alternatives, strict=True)), inputs, mask, positions,
+                probe_logits = self._ref_probe(dict(zip(soft_rows, alternatives, strict=True)), inputs, mask, positions,
                                            cache)
-                logits = self._forward(inputs, mask, positions, cache)
-                self._record_js(rows, active, soft_rows, probe_logits, logits)
+                logits = self._ref_forward(inputs, mask, positions, cache)
+                self._ref_record_js(rows, active, soft_rows, probe_logits, logits)
             else:
-                logits = self._forward(inputs, mask, positions, cache)
+                logits = self._ref_forward(inputs, mask, positions, cache)
             positions = positions + 1
 
-        return [self._finish(row) for row in rows]
+        return [self._ref_finish(row) for row in rows]
 
-    def _probe(self, alternatives, inputs, mask, positions, cache) -> list[torch.Tensor]:
+    def _ref_probe(self, alternatives, inputs, mask, positions, cache) -> list[torch.Tensor]:
         """Next-token logits after each one-hot alternative input, leaving the cache as it was.
 
         The cache is restored from a snapshot, not cropped: a full sliding-window layer has
@@ -258,17 +214,17 @@ class ReferenceGenerator:
             alt = inputs.clone()
             ids = torch.tensor([alternatives[i][rank] for i in soft_rows], device=inputs.device)
             alt[soft_rows] = embed(ids).to(alt.dtype)
-            out.append(self._forward(alt, mask, positions, cache)[soft_rows])
+            out.append(self._ref_forward(alt, mask, positions, cache)[soft_rows])
             restore_cache(cache, before)
         return out
 
-    def _record_js(self, rows, active, soft_rows, probe_logits, logits) -> None:
+    def _ref_record_js(self, rows, active, soft_rows, probe_logits, logits) -> None:
         soft_logits = logits[soft_rows]
         for rank, alt_logits in enumerate(probe_logits):
             for i, value in zip(soft_rows, js_divergence(alt_logits, soft_logits).tolist(), strict=True):
                 rows[active[i]].js[rank].append(value)
 
-    def _finish(self, row: _Row) -> GenerationResult:
+    def _ref_finish(self, row: _Row) -> GenerationResult:
         res, tok = row.result, self.tokenizer
         res.thinking = tok.decode(res.think_ids, skip_special_tokens=False)
         if res.think_end in ("budget", "cold_stop"):
