@@ -179,6 +179,14 @@ def _last_boxed(text: str) -> tuple[str | None, bool]:
     return (text[last[0] : last[1]].strip() if last else None), False
 
 
+def last_boxed(text: str) -> str | None:
+    """Content of the last closed ``\\boxed{...}`` / ``\\fbox{...}`` of ``text``.
+
+    ``None`` without one, and when a box is still open at the end (a cut-off generation).
+    """
+    return _last_boxed(text)[0]
+
+
 def _clean(text: str) -> str:
     """Strip surrounding markup (``**``, quotes, ``$``), a trailing period and thousands commas of a number."""
     text = _fold_unicode(text)

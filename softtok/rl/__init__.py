@@ -10,14 +10,30 @@ from softtok.rl.losses import (
     policy_loss,
     rloo_advantages,
 )
+from softtok.rl.rewards import (
+    REWARDS,
+    RewardFn,
+    correctness_reward,
+    format_reward,
+    resolve_rewards,
+    score_rewards,
+    shaped_reward,
+)
 
 __all__ = [
     "ADVANTAGES",
     "LOSS_TYPES",
+    "REWARDS",
+    "RewardFn",
     "SCALE_REWARDS",
     "PolicyLoss",
     "advantages",
+    "correctness_reward",
+    "format_reward",
     "grpo_advantages",
     "policy_loss",
+    "resolve_rewards",
     "rloo_advantages",
+    "score_rewards",
+    "shaped_reward",
 ]

@@ -181,7 +181,8 @@ def policy_loss(
     if logp.dim() != 2 or mask.shape != logp.shape:
         raise ValueError(f"logp and mask must both be [N, T]; got {tuple(logp.shape)} and {tuple(mask.shape)}")
     if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages must be [N] or [N, T] for logp {tuple(logp.shape)}; got {tuple(advantages.shape)}")
+        raise ValueError(f"advantages must be [N] or [N, T] for logp {tuple(logp.shape)}; "
+                         f"got {tuple(advantages.shape)}")
     for name, other in (("old_logp", old_logp), ("ref_logp", ref_logp)):
         if other is not None and other.shape != logp.shape:
             raise ValueError(f"{name} must have logp's shape {tuple(logp.shape)}; got {tuple(other.shape)}")
