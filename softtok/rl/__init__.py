@@ -1,5 +1,6 @@
 """Reinforcement learning of chains of thought (hard, soft or fuzzy): plain PyTorch, no Lightning."""
 
+from softtok.rl.logprob import GaussianDensity, RolloutLogProbs, StepDensity, cot_means, rollout_log_probs
 from softtok.rl.losses import (
     ADVANTAGES,
     LOSS_TYPES,
@@ -22,18 +23,23 @@ from softtok.rl.rewards import (
 
 __all__ = [
     "ADVANTAGES",
+    "GaussianDensity",
     "LOSS_TYPES",
     "REWARDS",
     "RewardFn",
+    "RolloutLogProbs",
+    "StepDensity",
     "SCALE_REWARDS",
     "PolicyLoss",
     "advantages",
     "correctness_reward",
+    "cot_means",
     "format_reward",
     "grpo_advantages",
     "policy_loss",
     "resolve_rewards",
     "rloo_advantages",
+    "rollout_log_probs",
     "score_rewards",
     "shaped_reward",
 ]
