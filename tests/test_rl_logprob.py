@@ -179,3 +179,46 @@ def test_bad_input(call, match):
 def test_positions_skip_the_padding_between_cot_and_answer():
     mask = torch.tensor([[0, 1, 1, 1, 0, 0, 1, 1]])
     assert positions_from_mask(mask).tolist() == [[0, 0, 1, 2, 2, 2, 3, 4]]
+
+
+def test_engine_rollout_is_recomputed_exactly():
+    """A dense-mode rollout of the engine (tau 0.5, noise 0.33 x RMS, recorded inputs): one teacher-forced
+    pass recomputes every fed input as mean + sigma * the row's own noise draw (seed, step), and the
+    forced think_end tokens are fed but not counted; rows end at different steps (think_end, budget)."""
+    from softtok.generation import GenerationConfig, SoftThinkingGenerator
+    from softtok.soft.random import RowRandom
+
+    model = tiny_model("qwen2").double()
+    tok = tiny_tokenizer()
+    cfg = GenerationConfig(mode="dense", temperature=TAU, top_k=0, top_p=1.0, min_p=0.0, noise_factor=0.33,
+                           think_end="a", max_think_tokens=8, max_answer_tokens=3, answer_temperature=1.0,
+                           record_inputs=True)
+    gen = SoftThinkingGenerator(model, tok, cfg)
+    seeds = [5, 6, 7, 8]
+    results = gen.generate(PROMPTS, seeds=seeds)
+    forced = gen.think_end_ids
+    n, t = len(PROMPTS), cfg.max_think_tokens
+    a = max(len(forced) + r.answer_tokens for r in results)
+    dim = model.get_input_embeddings().weight.shape[1]
+    cot_inputs, cot_mask = torch.zeros(n, t, dim, dtype=torch.float64), torch.zeros(n, t)
+    answer_ids, answer_mask, answer_weight = torch.zeros(n, a, dtype=torch.long), torch.zeros(n, a), torch.zeros(n, a)
+    for i, r in enumerate(results):
+        cot_inputs[i, :r.think_tokens] = r.cot_inputs
+        cot_mask[i, :r.think_tokens] = 1
+        tail = (forced if r.think_end in ("budget", "cold_stop") else []) + r.answer_ids
+        answer_ids[i, :len(tail)] = torch.tensor(tail, dtype=torch.long)
+        answer_mask[i, :len(tail)] = 1
+        answer_weight[i, len(tail) - r.answer_tokens:len(tail)] = 1
+    assert {r.think_end for r in results} == {"budget", "think_end"} and len({r.think_tokens for r in results}) >= 2
+    enc = tok(PROMPTS, padding=True, add_special_tokens=False, return_tensors="pt")
+    density = GaussianDensity.from_embedding(model.get_input_embeddings(), 0.33)
+    with torch.no_grad():
+        out = rollout_log_probs(model, enc.input_ids, enc.attention_mask, cot_mask, answer_ids, answer_mask,
+                                cot_inputs=cot_inputs, density=density, answer_weight=answer_weight, temperature=TAU)
+    for i, r in enumerate(results):
+        for j in range(r.think_tokens):
+            if r.think_end == "think_end" and j == r.think_tokens - 1:
+                continue  # the step that wrote think_end was fed as a hard token
+            noise = RowRandom(torch.tensor([seeds[i]]), j).child(0).child(1).normal(dim)[0]
+            torch.testing.assert_close(r.cot_inputs[j], out.means[i, j] + density.sigma * noise, atol=1e-9, rtol=0)
+        assert (out.answer[i][answer_weight[i] == 0] == 0).all() and (out.answer[i][answer_weight[i] == 1] < 0).all()

@@ -16,6 +16,7 @@ MODES = {
     "dirichlet": "dirichlet",  # Dirichlet-resampled Soft Thinking
     "gumbel": "gumbel",  # Gumbel-Softmax Soft Thinking
     "moi": "moi",  # Mixture of Inputs
+    "dense": "topk",  # the whole tempered distribution (softmax(logits / T) @ E), e.g. continuous-CoT RL rollouts
 }
 
 
@@ -24,7 +25,11 @@ class GenerationConfig:
     """Soft Thinking generation settings (defaults follow the paper's recommendations).
 
     Attributes:
-        mode: ``discrete``, ``soft``, ``dirichlet``, ``gumbel`` or ``moi``.
+        mode: ``discrete``, ``soft``, ``dirichlet``, ``gumbel``, ``moi`` or ``dense`` (the full
+            tempered distribution ``softmax(logits / T) @ E``, restricted to ``top_k`` when set,
+            as the continuous-CoT rollouts of "Soft Tokens, Hard Truths" feed it; ``max_topk``
+            components are still recorded and the top-1 is shown; needs ``top_p: 1.0`` and
+            ``min_p: 0.0``).
         temperature: Thinking temperature (0 = greedy; only ``discrete`` allows 0).
         top_k: Thinking top-k filter (0 disables).
         top_p: Thinking nucleus filter in (0, 1].
@@ -47,6 +52,9 @@ class GenerationConfig:
         probe: Also feed the top-1 and top-2 one-hot inputs at each soft step and record the
             Jensen-Shannon divergence of their next-token distributions to the soft input's.
         return_topk: Record each concept token's ids and weights.
+        record_inputs: Record the exact input embedding fed at each thinking step (noise
+            included; the hard think-end token where the top-1 stream wrote it), as
+            ``GenerationResult.cot_inputs``: what an RL log-probability recomputes.
         sync_every: Decode steps between host checks of the row states (stop when every row
             is done; drop finished rows with ``compact``). Outputs do not depend on it.
         cache: KV cache: ``dynamic`` (grows each step; finished rows can be dropped) or
@@ -83,6 +91,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
     probe: bool = False
     return_topk: bool = False
+    record_inputs: bool = False
     sync_every: int = 16
     cache: str = "dynamic"
     max_cache_len: int | None = None
@@ -113,6 +122,9 @@ class GenerationConfig:
         if self.probe and (self.mode == "discrete" or self.max_topk < 2):
             raise ValueError(f"probe=True needs a soft mode with max_topk >= 2 (mode={self.mode!r}, "
                              f"max_topk={self.max_topk})")
+        if self.mode == "dense" and (self.top_p < 1.0 or self.min_p > 0.0):
+            raise ValueError(f"mode='dense' embeds the whole tempered distribution (top_k may restrict it): set "
+                             f"top_p: 1.0 and min_p: 0.0 (got top_p={self.top_p}, min_p={self.min_p})")
         if self.cache not in CACHES:
             raise ValueError(f"cache={self.cache!r} is unknown; allowed: {', '.join(CACHES)}")
         if self.max_cache_len is not None and (int(self.max_cache_len) != self.max_cache_len
@@ -147,5 +159,6 @@ class GenerationConfig:
             "dirichlet": {"max_topk": self.max_topk, "alpha": self.alpha},
             "gumbel": {"max_topk": self.max_topk, "tau": self.tau},
             "moi": {"max_topk": self.max_topk, "beta": self.beta},
+            "dense": {"max_topk": self.max_topk},
             "discrete": {"sample": self.temperature > 0},
         }[self.mode]

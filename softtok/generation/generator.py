@@ -76,6 +76,8 @@ class GenerationResult:
             top-1 one-hot and after the soft input (with ``probe``).
         js_top2: The same for the top-2 one-hot.
         seed: The row seed its random draws came from.
+        cot_inputs: ``[think_tokens, D]`` the input embedding fed at each thinking step (with
+            ``record_inputs``; on the CPU, in the model's dtype).
     """
 
     thinking: str = ""
@@ -91,6 +93,7 @@ class GenerationResult:
     js_top1: float | None = None
     js_top2: float | None = None
     seed: int | None = None
+    cot_inputs: torch.Tensor | None = None
 
 
 def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -202,6 +205,7 @@ class SoftThinkingGenerator:
             config.thinking_filters,
             mixer or build_mixer(MODES[config.mode], **config.mixer_kwargs),
             noise_factor=config.noise_factor,
+            dense=config.mode == "dense",
         )
         self.answer_sampler = HardMixer(sample=config.answer_temperature > 0)
         eos = model.generation_config.eos_token_id
@@ -210,7 +214,8 @@ class SoftThinkingGenerator:
         self.think_matcher = StreamMatcher(tokenizer, [config.think_end], self.device)
         self.stop_matcher = StreamMatcher(tokenizer, config.stop_strings, self.device) if config.stop_strings else None
         with torch.no_grad():  # the mixture width K (fixed by the filters and the mixer)
-            probe = self.soft.mix_logits(torch.zeros(1, embedding.weight.shape[0], device=self.device),
+            zeros = torch.zeros(1, embedding.weight.shape[0], dtype=embedding.weight.dtype, device=self.device)
+            probe = self.soft.mix_logits(zeros,
                                          RowRandom(torch.zeros(1, dtype=torch.long, device=self.device)))
         self._width, self._weight_dtype = probe[0].shape[-1], probe[1].dtype
         self._think_end_tensor = torch.tensor(self.think_end_ids, dtype=torch.long, device=self.device)
@@ -274,7 +279,8 @@ class SoftThinkingGenerator:
         if cfg.return_topk:
             wide = slot[:, :, None].expand(-1, 1, self._width)
             out["topk_ids"] = s["topk_ids"].scatter(1, wide, soft.token.ids[:, None])
-            out["topk_weights"] = s["topk_weights"].scatter(1, wide, soft.token.weights[:, None])
+            weights = soft.token.weights[:, None].to(s["topk_weights"].dtype)
+            out["topk_weights"] = s["topk_weights"].scatter(1, wide, weights)
         ended = record & self.think_matcher.matched(out["think_hist"])
 
         # ANSWER: sample; EOS ends the row unrecorded, a stop string or the budget after recording.
@@ -317,6 +323,9 @@ class SoftThinkingGenerator:
         fed_soft = record & ~ended
         inputs = torch.where(fed_soft[:, None], soft.embeds.to(embeds.dtype), embeds)
         out["fed_soft"] = fed_soft
+        if cfg.record_inputs:  # what was fed at this thinking step (slot = the step's index, as think_ids)
+            out["cot_inputs"] = s["cot_inputs"].scatter(
+                1, slot[:, :, None].expand(-1, 1, inputs.shape[-1]), inputs[:, None].to(s["cot_inputs"].dtype))
         out["step"] = s["step"] + 1
         return out, inputs, soft.token.ids[:, :2]
 
@@ -489,6 +498,9 @@ class SoftThinkingGenerator:
         if cfg.return_topk:
             s["topk_ids"] = torch.zeros(b, think_slots, self._width, dtype=torch.long, device=device)
             s["topk_weights"] = torch.zeros(b, think_slots, self._width, dtype=self._weight_dtype, device=device)
+        if cfg.record_inputs:
+            weight = self.model.get_input_embeddings().weight
+            s["cot_inputs"] = torch.zeros(b, think_slots, weight.shape[1], dtype=weight.dtype, device=device)
         if cfg.probe:
             s["js"] = torch.zeros(b, 2, think_slots, dtype=torch.float32, device=device)
             s["soft_steps"] = torch.zeros(b, think_slots, dtype=torch.bool, device=device)
@@ -521,10 +533,12 @@ class SoftThinkingGenerator:
 
     def _results(self, parts: list[dict[str, torch.Tensor]], batch_size: int) -> list[GenerationResult]:
         """Move the outputs to the host once and build one :class:`GenerationResult` per row."""
-        names = [k for k in parts[-1] if parts[-1][k].dim() > 0 and k not in ("mask", "think_hist", "answer_hist")]
+        skip = ("mask", "think_hist", "answer_hist", "cot_inputs")
+        names = [k for k in parts[-1] if parts[-1][k].dim() > 0 and k not in skip]
         merged = {k: torch.cat([p[k] for p in parts]) for k in names}
         order = torch.argsort(merged["row"])
         host = {k: v[order].tolist() for k, v in merged.items()}
+        cot_inputs = torch.cat([p["cot_inputs"] for p in parts])[order].cpu() if "cot_inputs" in parts[-1] else None
         cfg, tok = self.config, self.tokenizer
         results = []
         for i in range(batch_size):
@@ -540,6 +554,8 @@ class SoftThinkingGenerator:
             res.answer = tok.decode(res.answer_ids, skip_special_tokens=True)
             if cfg.return_topk:
                 res.topk_ids, res.topk_weights = host["topk_ids"][i][:n], host["topk_weights"][i][:n]
+            if cot_inputs is not None:
+                res.cot_inputs = cot_inputs[i, :n]
             if cfg.probe:
                 soft = [j for j, fed in enumerate(host["soft_steps"][i][:n]) if fed]
                 if soft:

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from softtok.generation.prefill import positions_from_mask
-from softtok.soft.embedding import embed_dense, embedding_rms
+from softtok.soft.embedding import embedding_rms, mixture_mean
 from softtok.soft.filters import working_dtype
 
 
@@ -80,14 +80,14 @@ class GaussianDensity:
 
 def cot_means(logits: torch.Tensor, embedding: nn.Module, temperature: float, top_k: int = 0,
               chunk_size: int = 64) -> torch.Tensor:
-    """The mean CoT inputs ``softmax(logits / tau) @ E`` for ``[N, T, V]`` logits: ``[N, T, D]``.
+    """The mean CoT inputs for ``[N, T, V]`` logits: ``[N, T, D]``, :func:`~softtok.soft.mixture_mean`
+    (the function the rollout fed) taken in chunks of ``chunk_size`` steps.
 
     Args:
         logits: Next-token logits at the positions before each CoT step.
         embedding: The model's input embedding module (its scale is applied).
         temperature: ``tau`` (0.5 soft, 1e-4 fuzzy, in the paper), > 0.
-        top_k: Keep the ``k`` largest probabilities, renormalised (the Soft Thinking
-            filter); 0: the full vocabulary (the paper).
+        top_k: Keep the ``k`` largest probabilities, renormalised; 0: the full vocabulary (the paper).
         chunk_size: Steps per chunk of the ``[N, chunk, V] x [V, D]`` product.
 
     Raises:
@@ -97,15 +97,9 @@ def cot_means(logits: torch.Tensor, embedding: nn.Module, temperature: float, to
         raise ValueError(f"temperature={temperature!r} must be > 0")
     if top_k < 0:
         raise ValueError(f"top_k={top_k!r} must be >= 0 (0: the full vocabulary)")
-    out = []
-    for start in range(0, logits.shape[1], chunk_size):
-        chunk = logits[:, start:start + chunk_size]
-        probs = torch.softmax(chunk.to(working_dtype(chunk.dtype)) / temperature, dim=-1)
-        if top_k:
-            weights, ids = probs.topk(top_k, dim=-1)
-            probs = torch.zeros_like(probs).scatter(-1, ids, weights / weights.sum(-1, keepdim=True))
-        out.append(embed_dense(embedding, probs))
-    return torch.cat(out, dim=1)
+    chunks = [mixture_mean(logits[:, start:start + chunk_size], embedding, temperature, top_k)
+              for start in range(0, logits.shape[1], chunk_size)]
+    return torch.cat(chunks, dim=1)
 
 
 def _token_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -143,6 +137,7 @@ def rollout_log_probs(
     cot_inputs: torch.Tensor | None = None,
     cot_ids: torch.Tensor | None = None,
     density: StepDensity | None = None,
+    answer_weight: torch.Tensor | None = None,
     temperature: float = 0.5,
     top_k: int = 0,
     chunk_size: int = 64,
@@ -161,6 +156,9 @@ def rollout_log_probs(
         cot_inputs: ``[N, T, D]`` the noisy inputs fed (soft / fuzzy rollouts).
         cot_ids: ``[N, T]`` the sampled CoT tokens (hard rollouts; give this or ``cot_inputs``).
         density: The CoT step density (soft / fuzzy), e.g. :class:`GaussianDensity`.
+        answer_weight: ``[N, A]`` which answer-segment tokens count in ``answer`` (default
+            ``answer_mask``): 0 for tokens that are fed but not chosen by the policy, such as
+            the ``think_end`` tokens forced after the CoT.
         temperature: ``tau`` of the CoT means (soft / fuzzy).
         top_k: The means' top-``k`` filter (0: full vocabulary).
         chunk_size: CoT steps per chunk of the mean computation.
@@ -199,7 +197,7 @@ def rollout_log_probs(
     answer_pos = torch.where(steps == 0, last_cot, p + t + steps - 1)
     answer_logits = logits.gather(1, answer_pos[..., None].expand(-1, -1, logits.shape[-1]))
     answer_logp = _token_log_probs(answer_logits, answer_ids)
-    answer_logp = answer_logp * answer_mask
+    answer_logp = answer_logp * (answer_mask if answer_weight is None else answer_weight)
 
     if cot_ids is not None:
         cot_logp = _token_log_probs(cot_pred, cot_ids)

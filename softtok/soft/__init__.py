@@ -7,6 +7,7 @@ from softtok.soft.embedding import (
     embed_dense,
     embed_sparse,
     embedding_rms,
+    mixture_mean,
 )
 from softtok.soft.filters import FilterConfig, entropy, filter_candidates, tempered_probs
 from softtok.soft.mixers import (
@@ -42,6 +43,7 @@ __all__ = [
     "embedding_rms",
     "entropy",
     "filter_candidates",
+    "mixture_mean",
     "row_seed",
     "tempered_probs",
 ]

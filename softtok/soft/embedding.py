@@ -52,6 +52,22 @@ def embed_dense(embedding: nn.Module, probs: torch.Tensor) -> torch.Tensor:
     return (probs.to(weight.dtype) @ weight) * scale
 
 
+def mixture_mean(logits: torch.Tensor, embedding: nn.Module, temperature: float, top_k: int = 0) -> torch.Tensor:
+    """The dense mixture ``softmax(logits / T) @ E`` (times the module's scale): ``[..., V]`` -> ``[..., D]``.
+
+    The mean input of a continuous-CoT step ("Soft Tokens, Hard Truths": the full
+    vocabulary; ``top_k > 0`` keeps the ``k`` largest probabilities, renormalised). The
+    rollout feeds it and the RL log-probability recomputes it with this one function.
+    The distribution is :func:`~softtok.soft.filters.tempered_probs` (at least float32).
+    """
+    shape = logits.shape
+    probs = tempered_probs(logits.reshape(-1, shape[-1]), temperature)
+    if top_k:
+        weights, ids = probs.topk(top_k, dim=-1)
+        probs = torch.zeros_like(probs).scatter(-1, ids, weights / weights.sum(-1, keepdim=True))
+    return embed_dense(embedding, probs).reshape(*shape[:-1], -1)
+
+
 def embedding_rms(embedding: nn.Module) -> float:
     """Per-coordinate root-mean-square of the (scaled) embedding matrix."""
     weight = embedding.weight.detach().float()
@@ -99,6 +115,13 @@ class SoftEmbedding(nn.Module):
         mixer: How filtered candidates become mixture weights.
         noise_factor: Gaussian noise sigma as a multiple of the embedding RMS, >= 0.
         compile: Run filter + mixer and the weighted sum under ``torch.compile``.
+        dense: Embed the whole tempered distribution (:func:`mixture_mean`, restricted to
+            ``filters.top_k`` when set) instead of the mixer's ``K`` components; the mixer's
+            components still give the shown token and the recorded mixture.
+
+    Raises:
+        ValueError: For ``top_k`` or ``max_topk`` above the vocabulary, a negative
+            ``noise_factor``, or ``dense`` with a top-p or min-p filter.
 
     Example:
         >>> soft = SoftEmbedding(model.get_input_embeddings(), FilterConfig(0.6, 30, 0.95), TopKMixer(10))
@@ -112,9 +135,13 @@ class SoftEmbedding(nn.Module):
         mixer: Mixer,
         noise_factor: float = 0.0,
         compile: bool = False,
+        dense: bool = False,
     ) -> None:
         super().__init__()
         check_range("noise_factor", noise_factor, 0.0, float("inf"))
+        if dense and (filters.top_p < 1.0 or filters.min_p > 0.0):
+            raise ValueError(f"a dense mixture takes only a temperature and top_k (top_p={filters.top_p}, "
+                             f"min_p={filters.min_p}); allowed: top_p 1.0 and min_p 0.0")
         vocab = embedding.weight.shape[0]
         for name, k in (("max_topk", mixer.max_topk), ("top_k", filters.top_k)):
             if k > vocab:
@@ -122,6 +149,7 @@ class SoftEmbedding(nn.Module):
         self.embedding = embedding
         self.filters = filters
         self.mixer = mixer
+        self.dense = dense
         self.sigma = noise_factor * embedding_rms(embedding) if noise_factor else 0.0
         # dynamic=None: the first change of batch size (rows finishing in the generator) recompiles
         # once with a symbolic batch dimension, instead of once per size up to the recompile limit.
@@ -161,4 +189,7 @@ class SoftEmbedding(nn.Module):
         """
         rng = _rows(rng, logits)
         ids, weights, ent = self._mix(logits, rng)
+        if self.dense:
+            mean = mixture_mean(logits, self.embedding, self.filters.temperature, self.filters.top_k)
+            return SoftStep(SoftToken(ids, weights), add_noise(mean, self.sigma, rng.child(1)), ent)
         return SoftStep(SoftToken(ids, weights), self._embed(ids, weights, rng), ent)

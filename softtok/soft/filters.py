@@ -60,7 +60,7 @@ def working_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``softmax(logits / T)`` in float32 (any input dtype); ``T == 0`` gives the argmax one-hot.
+    """``softmax(logits / T)`` in at least float32 (float64 stays float64); ``T == 0`` gives the argmax one-hot.
 
     The row maximum ``m`` is subtracted *before* dividing, ``softmax((logits - m) / T)``,
     which is the same distribution but cannot overflow: the top entry is exactly
@@ -75,7 +75,7 @@ def tempered_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     entirely ``-inf`` (or NaN) become uniform instead of NaN.
     """
     inf = float("inf")
-    logits = logits.float()
+    logits = logits.to(working_dtype(logits.dtype))  # float32, or float64 for float64 logits
     # NaN -> -inf, written as `x == x` (false only for NaN): unlike nan_to_num it vectorises under
     # torch.compile's CPU backend (a 3x faster fused step on [8, 49152] logits).
     logits = torch.where(logits == logits, logits, -inf)
