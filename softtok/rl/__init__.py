@@ -20,13 +20,17 @@ from softtok.rl.rewards import (
     score_rewards,
     shaped_reward,
 )
+from softtok.rl.rollout import RL_MODES, RolloutBatch, RolloutConfig, generate_rollouts
 
 __all__ = [
     "ADVANTAGES",
     "GaussianDensity",
     "LOSS_TYPES",
     "REWARDS",
+    "RL_MODES",
     "RewardFn",
+    "RolloutBatch",
+    "RolloutConfig",
     "RolloutLogProbs",
     "StepDensity",
     "SCALE_REWARDS",
@@ -35,6 +39,7 @@ __all__ = [
     "correctness_reward",
     "cot_means",
     "format_reward",
+    "generate_rollouts",
     "grpo_advantages",
     "policy_loss",
     "resolve_rewards",

@@ -114,7 +114,7 @@ class RolloutLogProbs:
 
     Attributes:
         cot: ``[N, T]`` per CoT step (Gaussian log-densities, or token log-probs in hard mode),
-            0 where ``cot_mask`` is 0.
+            0 where ``cot_weight`` (default ``cot_mask``) is 0.
         answer: ``[N, A]`` answer-token log-probs, 0 where ``answer_mask`` is 0.
         means: ``[N, T, D]`` the recomputed CoT means (soft/fuzzy; ``None`` in hard mode).
         answer_logits: ``[N, A, V]`` the logits that predicted each answer token.
@@ -137,6 +137,7 @@ def rollout_log_probs(
     cot_inputs: torch.Tensor | None = None,
     cot_ids: torch.Tensor | None = None,
     density: StepDensity | None = None,
+    cot_weight: torch.Tensor | None = None,
     answer_weight: torch.Tensor | None = None,
     temperature: float = 0.5,
     top_k: int = 0,
@@ -156,6 +157,8 @@ def rollout_log_probs(
         cot_inputs: ``[N, T, D]`` the noisy inputs fed (soft / fuzzy rollouts).
         cot_ids: ``[N, T]`` the sampled CoT tokens (hard rollouts; give this or ``cot_inputs``).
         density: The CoT step density (soft / fuzzy), e.g. :class:`GaussianDensity`.
+        cot_weight: ``[N, T]`` which CoT steps count in ``cot`` (default ``cot_mask``): 0 for a
+            step fed but not drawn from the policy (a soft CoT's think_end token).
         answer_weight: ``[N, A]`` which answer-segment tokens count in ``answer`` (default
             ``answer_mask``): 0 for tokens that are fed but not chosen by the policy, such as
             the ``think_end`` tokens forced after the CoT.
@@ -199,9 +202,10 @@ def rollout_log_probs(
     answer_logp = _token_log_probs(answer_logits, answer_ids)
     answer_logp = answer_logp * (answer_mask if answer_weight is None else answer_weight)
 
+    weight = cot_mask if cot_weight is None else cot_weight
     if cot_ids is not None:
         cot_logp = _token_log_probs(cot_pred, cot_ids)
-        return RolloutLogProbs(cot_logp * cot_mask, answer_logp, None, answer_logits)
+        return RolloutLogProbs(cot_logp * weight, answer_logp, None, answer_logits)
     means = cot_means(cot_pred, embedding, temperature, top_k, chunk_size)
-    cot_logp = density.log_prob(cot_inputs, means) * cot_mask
+    cot_logp = density.log_prob(cot_inputs, means) * weight
     return RolloutLogProbs(cot_logp, answer_logp, means, answer_logits)

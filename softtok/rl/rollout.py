@@ -1,0 +1,203 @@
+"""Rollouts for continuous-CoT RL: hard, soft or fuzzy chains of thought from the decode engine.
+
+"Soft Tokens, Hard Truths" (methods.md section 4) trains with three kinds of CoT:
+
+* ``hard``: categorical sampling of CoT tokens at ``tau = 1`` (the discrete baseline);
+* ``soft``: the input is ``h_t = softmax(logits / 0.5) @ E`` plus Gaussian noise;
+* ``fuzzy``: the same at ``tau = 1e-4`` (nearly one-hot) plus noise,
+
+with ``sigma = noise_factor x`` the embedding RMS (0.33), through the model's own embedding
+module. The CoT ends when the top-1 ("greedy shadow") text writes ``think_end``, or at
+the budget (then ``think_end`` is fed); the answer is then sampled as hard tokens at the
+training temperature. All of it is :class:`~softtok.generation.SoftThinkingGenerator`
+(``mode: dense`` with ``record_inputs`` for soft / fuzzy, ``discrete`` sampling for hard):
+no second decode loop, and every draw comes from the row's own seed, so a rollout is
+the same whatever else is in its batch.
+
+:func:`generate_rollouts` makes ``G`` rollouts per prompt (consecutive rows) and packs them
+in a :class:`RolloutBatch` whose :meth:`~RolloutBatch.log_probs` recomputes their
+log-probabilities with gradients (:func:`~softtok.rl.logprob.rollout_log_probs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from softtok.generation import GenerationConfig, GenerationResult, SoftThinkingGenerator
+from softtok.rl.logprob import GaussianDensity, RolloutLogProbs, rollout_log_probs
+from softtok.soft.random import row_seed
+
+#: CoT modes and their default temperature (the paper's).
+RL_MODES = {"hard": 1.0, "soft": 0.5, "fuzzy": 1e-4}
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How rollouts are generated (defaults: "Soft Tokens, Hard Truths").
+
+    Attributes:
+        mode: ``hard``, ``soft`` or ``fuzzy``.
+        group_size: Rollouts per prompt ``G`` (at least 2 for RLOO / GRPO).
+        temperature: CoT temperature ``tau``; ``None``: the mode's (1.0, 0.5, 1e-4).
+        top_k: Restrict the soft / fuzzy mean to the ``k`` most likely tokens (0: the full
+            vocabulary, the paper); the hard mode samples from the full distribution.
+        noise_factor: Gaussian noise ``sigma`` as a multiple of the embedding RMS (soft / fuzzy),
+            > 0.
+        think_end: The string whose appearance in the top-1 text ends the CoT.
+        max_think_tokens: CoT budget (the paper: 128 for GSM8K, 512 for MATH).
+        max_answer_tokens: Answer budget (the paper: 32).
+        answer_temperature: Answer sampling temperature (the policy's, 1.0).
+        stop_strings: Strings that end the answer.
+    """
+
+    mode: str = "soft"
+    group_size: int = 8
+    temperature: float | None = None
+    top_k: int = 0
+    noise_factor: float = 0.33
+    think_end: str = "</think>"
+    max_think_tokens: int = 128
+    max_answer_tokens: int = 32
+    answer_temperature: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in RL_MODES:
+            raise ValueError(f"mode={self.mode!r} is unknown; allowed: {', '.join(RL_MODES)}")
+        if int(self.group_size) != self.group_size or self.group_size < 1:
+            raise ValueError(f"group_size={self.group_size!r} must be an integer >= 1 (>= 2 for RLOO / GRPO)")
+        if self.mode != "hard" and not self.noise_factor > 0:
+            raise ValueError(f"noise_factor={self.noise_factor!r} must be > 0 in mode {self.mode!r}: the soft and "
+                             "fuzzy policies are Gaussian around the mean input")
+        if self.tau <= 0:
+            raise ValueError(f"temperature={self.temperature!r} must be > 0")
+        self.generation_config()  # validates the rest (budgets, think_end, stop strings, top_k)
+
+    @property
+    def tau(self) -> float:
+        """The CoT temperature in use."""
+        return RL_MODES[self.mode] if self.temperature is None else float(self.temperature)
+
+    def generation_config(self) -> GenerationConfig:
+        """The generator settings of these rollouts."""
+        common = dict(think_end=self.think_end, max_think_tokens=self.max_think_tokens,
+                      max_answer_tokens=self.max_answer_tokens, answer_temperature=self.answer_temperature,
+                      stop_strings=self.stop_strings, top_p=1.0, min_p=0.0)
+        if self.mode == "hard":
+            return GenerationConfig(mode="discrete", temperature=self.tau, top_k=0, **common)
+        return GenerationConfig(mode="dense", temperature=self.tau, top_k=self.top_k, noise_factor=self.noise_factor,
+                                record_inputs=True, **common)
+
+    def density(self, model: PreTrainedModel) -> GaussianDensity | None:
+        """The CoT step density (``None`` for hard rollouts, whose CoT steps are tokens)."""
+        if self.mode == "hard":
+            return None
+        return GaussianDensity.from_embedding(model.get_input_embeddings(), self.noise_factor)
+
+
+@dataclass
+class RolloutBatch:
+    """``N = prompts x G`` rollouts (the ``G`` of a prompt in consecutive rows), padded for one forward.
+
+    Attributes:
+        prompt_ids: ``[N, P]`` left-padded prompt ids; ``prompt_mask`` ``[N, P]``.
+        cot_inputs: ``[N, T, D]`` the embeddings fed (soft / fuzzy), else ``None``.
+        cot_ids: ``[N, T]`` the sampled CoT tokens (hard), else ``None``.
+        cot_mask: ``[N, T]`` the CoT steps of each row (fed; a prefix).
+        cot_weight: ``[N, T]`` the CoT steps chosen by the policy (soft / fuzzy: not the step
+            whose top-1 wrote ``think_end``, which is fed as that token).
+        answer_ids: ``[N, A]`` forced ``think_end`` tokens (budget or Cold Stop) then the answer;
+            ``answer_mask`` ``[N, A]``; ``answer_weight`` ``[N, A]`` 1 on the sampled answer tokens only.
+        completions: The text of each rollout (thinking, then answer), for the rewards.
+        results: The generator's results.
+        seeds: Each row's seed.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    cot_inputs: torch.Tensor | None
+    cot_ids: torch.Tensor | None
+    cot_mask: torch.Tensor
+    cot_weight: torch.Tensor
+    answer_ids: torch.Tensor
+    answer_mask: torch.Tensor
+    answer_weight: torch.Tensor
+    completions: list[str]
+    results: list[GenerationResult]
+    seeds: list[int]
+
+    def log_probs(self, model: PreTrainedModel, config: RolloutConfig, chunk_size: int = 64) -> RolloutLogProbs:
+        """The rollouts' log-probabilities under ``model`` (with gradients when enabled)."""
+        return rollout_log_probs(
+            model, self.prompt_ids, self.prompt_mask, self.cot_mask, self.answer_ids, self.answer_mask,
+            cot_inputs=self.cot_inputs, cot_ids=self.cot_ids, density=config.density(model),
+            cot_weight=self.cot_weight, answer_weight=self.answer_weight, temperature=config.tau,
+            top_k=config.top_k, chunk_size=chunk_size,
+        )
+
+
+def generate_rollouts(
+    generator: SoftThinkingGenerator,
+    prompts: Sequence[str],
+    config: RolloutConfig,
+    seeds: Sequence[int],
+) -> RolloutBatch:
+    """``G`` rollouts of each prompt: row ``i * G + g`` is rollout ``g`` of prompt ``i``.
+
+    Row ``i * G + g`` is seeded ``row_seed(seeds[i], g)``: its draws depend on nothing else.
+
+    Args:
+        generator: A generator built with ``config.generation_config()``.
+        prompts: Chat-formatted prompts.
+        config: The rollout settings.
+        seeds: One seed per prompt (e.g. derived from the training step and the prompt index).
+
+    Raises:
+        ValueError: If the generator's settings are not the config's, or for one seed per prompt missing.
+    """
+    if generator.config != config.generation_config():
+        raise ValueError("the generator was built with other settings than config.generation_config()")
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds has {len(seeds)} values for {len(prompts)} prompts; allowed: one per prompt")
+    tok, g = generator.tokenizer, config.group_size
+    rows = [p for p in prompts for _ in range(g)]
+    row_seeds = [row_seed(s, k) for s in seeds for k in range(g)]
+    with torch.no_grad():
+        results = generator.generate(rows, seeds=row_seeds)
+    enc = tok(rows, padding=True, add_special_tokens=False, return_tensors="pt")
+    device = generator.device
+    n, t = len(rows), max((r.think_tokens for r in results), default=0)
+    forced = generator.think_end_ids
+    tails = [(forced if r.think_end in ("budget", "cold_stop") else []) + r.answer_ids for r in results]
+    a = max((len(tail) for tail in tails), default=0)
+    cot_mask, cot_weight = torch.zeros(n, t), torch.zeros(n, t)
+    answer_ids, answer_mask, answer_weight = torch.zeros(n, a, dtype=torch.long), torch.zeros(n, a), torch.zeros(n, a)
+    hard = config.mode == "hard"
+    cot_ids = torch.zeros(n, t, dtype=torch.long) if hard else None
+    cot_inputs = None
+    if not hard:
+        weight = generator.model.get_input_embeddings().weight
+        cot_inputs = torch.zeros(n, t, weight.shape[1], dtype=weight.dtype)
+    for i, (res, tail) in enumerate(zip(results, tails, strict=True)):
+        k = res.think_tokens
+        cot_mask[i, :k] = 1
+        cot_weight[i, :k] = 1
+        if hard:
+            cot_ids[i, :k] = torch.tensor(res.think_ids, dtype=torch.long)
+        else:
+            cot_inputs[i, :k] = res.cot_inputs
+            if res.think_end == "think_end":
+                cot_weight[i, k - 1] = 0  # fed as the token the top-1 stream wrote, not drawn from the policy
+        answer_ids[i, :len(tail)] = torch.tensor(tail, dtype=torch.long)
+        answer_mask[i, :len(tail)] = 1
+        answer_weight[i, len(tail) - res.answer_tokens:len(tail)] = 1
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return RolloutBatch(
+        to(enc.input_ids), to(enc.attention_mask), to(cot_inputs), to(cot_ids), to(cot_mask), to(cot_weight),
+        to(answer_ids), to(answer_mask), to(answer_weight), [r.thinking + r.answer for r in results], results,
+        row_seeds,
+    )
