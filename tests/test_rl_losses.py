@@ -53,6 +53,7 @@ def per_step_first_pass():
     ("dr_grpo", (-2.0 + 6.0 - 0.5) / (3 * 4), {"max_length": 4}),
     ("dapo", (-2.0 + 6.0 - 0.5) / 12, {"num_items": 12}),   # global token count (e.g. 2 processes)
     ("dapo", (-2.0 + 6.0 - 0.5) / 6, {}),                    # default: this batch's count
+    ("luspo", (-2.0 + 6.0 - 0.5) / 3, {}),                   # per-sequence sums, then the mean (the paper's RLOO)
 ])
 def test_loss_aggregations_by_hand(loss_type, value, kw):
     logp = per_step_first_pass()
@@ -61,7 +62,7 @@ def test_loss_aggregations_by_hand(loss_type, value, kw):
     out.loss.backward()
     # d loss / d logp = -A * (weight of the step in the aggregation); masked steps get nothing.
     weights = {"grpo": MASK / MASK.sum(-1, keepdim=True) / 3, "bnpo": MASK / 6,
-               "dr_grpo": MASK / 12, "dapo": MASK / kw.get("num_items", 6)}[loss_type]
+               "dr_grpo": MASK / 12, "dapo": MASK / kw.get("num_items", 6), "luspo": MASK / 3}[loss_type]
     torch.testing.assert_close(logp.grad, -ADV[:, None] * weights)
 
 

@@ -21,9 +21,11 @@ from softtok.rl.rewards import (
     shaped_reward,
 )
 from softtok.rl.rollout import RL_MODES, RolloutBatch, RolloutConfig, generate_rollouts
+from softtok.rl.update import AlgorithmConfig, policy_update
 
 __all__ = [
     "ADVANTAGES",
+    "AlgorithmConfig",
     "GaussianDensity",
     "LOSS_TYPES",
     "REWARDS",
@@ -42,6 +44,7 @@ __all__ = [
     "generate_rollouts",
     "grpo_advantages",
     "policy_loss",
+    "policy_update",
     "resolve_rewards",
     "rloo_advantages",
     "rollout_log_probs",

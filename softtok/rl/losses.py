@@ -25,7 +25,9 @@ TRL names it (:data:`LOSS_TYPES`):
 * ``dr_grpo``: the sum over all steps divided by ``N * max_length`` (Dr. GRPO, Liu et al. 2025);
 * ``dapo``: the sum over all steps divided by the number of steps in the *global* batch
   (``num_items``: summed over processes and accumulation steps; Yu et al. 2025), which
-  makes the gradient that of one large batch under DDP and gradient accumulation.
+  makes the gradient that of one large batch under DDP and gradient accumulation;
+* ``luspo``: each sequence's sum over its steps, then the mean over sequences: the
+  normalisation of "Soft Tokens, Hard Truths"'s RLOO, ``-(1/BG) sum A (sum of log-probs)``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ ADVANTAGES = ("rloo", "grpo")
 #: GRPO's reward scaling.
 SCALE_REWARDS = ("group", "batch", "none")
 #: Loss aggregations (TRL's names).
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 #: Added to the standard deviation before dividing (TRL's value).
 STD_EPS = 1e-4
 
@@ -158,7 +160,7 @@ def policy_loss(
         mask: ``[N, T]`` 1 for the steps that count (padding and finished rows 0).
         old_logp: ``[N, T]`` log-probs of the policy that made the rollouts (``None``: ``logp``
             detached, i.e. the first pass over fresh rollouts, where the ratio is 1).
-        loss_type: ``grpo``, ``bnpo``, ``dr_grpo`` or ``dapo`` (see the module docstring).
+        loss_type: ``grpo``, ``bnpo``, ``dr_grpo``, ``dapo`` or ``luspo`` (see the module docstring).
         epsilon_low: Lower clipping range (``ratio >= 1 - epsilon_low``); ``None`` disables
             clipping (RLOO, "Soft Tokens, Hard Truths").
         epsilon_high: Upper clipping range; ``None``: ``epsilon_low`` (DAPO's clip-higher uses
@@ -221,6 +223,8 @@ def policy_loss(
         loss = total / mask.sum().clamp(min=1.0)
     elif loss_type == "dr_grpo":
         loss = total / (logp.shape[0] * max_length)
+    elif loss_type == "luspo":
+        loss = (per_step * mask).sum(-1).mean()
     else:  # dapo
         items = mask.sum() if num_items is None else torch.as_tensor(num_items, dtype=logp.dtype)
         loss = total / items.clamp(min=1.0)
