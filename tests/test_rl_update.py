@@ -46,3 +46,23 @@ def test_bad_algorithm_settings():
                       (dict(epsilon_low=-1.0), "epsilon_low=-1.0")]:
         with pytest.raises(ValueError, match=match):
             AlgorithmConfig(**kw)
+
+
+@pytest.mark.slow
+def test_the_research_code_example_runs_on_the_embedded_model(monkeypatch, capsys):
+    """examples/continuous_cot_rl.py: soft rollouts on SmolLM2, a custom reward, one RLOO update."""
+    import importlib.util
+    import os
+    import sys
+
+    from test_models import require_embedded
+
+    require_embedded("smollm2-135m")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "continuous_cot_rl.py")
+    spec = importlib.util.spec_from_file_location("continuous_cot_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", ["x", "--steps", "1", "--prompts", "1", "--group", "2"])
+    example.main()
+    assert "step 0: reward" in capsys.readouterr().out
