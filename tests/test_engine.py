@@ -163,6 +163,8 @@ def test_seeded_row_is_the_same_alone_and_in_any_batch(mode, tokenizer):
     other = gen.generate(TEXTS, seeds=[s + 100 for s in seeds])
     assert outputs(other) != outputs(batched)
     assert [r.seed for r in batched] == seeds
+    # Any integer is a seed, taken mod 2^64: 2^64 + 11 draws as 11.
+    assert outputs(gen.generate(TEXTS[:1], seeds=[2**64 + 11])) == outputs(batched[:1])
 
 
 def test_default_seeds_follow_torch_manual_seed(tokenizer):

@@ -372,7 +372,8 @@ class SoftThinkingGenerator:
         Args:
             prompts: Prompt strings (tokenised without extra special tokens) or id lists.
             prefill: Builds the first forward's inputs; pass a soft prompt here to compose it.
-            seeds: One integer seed per prompt: a row's random draws depend only on its seed,
+            seeds: One integer seed per prompt (any integer, taken mod ``2^64``): a row's random
+                draws depend only on its seed,
                 so it gives the same output alone or in any batch. ``None``:
                 :func:`default_seeds` (from torch's global generator and the row's position).
 
@@ -389,7 +390,7 @@ class SoftThinkingGenerator:
         batch_size = len(prompts)
         if seeds is None:
             seeds = default_seeds(batch_size)
-        seeds = [int(s) for s in seeds]
+        seeds = [(int(s) + 2**63) % 2**64 - 2**63 for s in seeds]  # any integer, as an int64 (mod 2^64)
         if len(seeds) != batch_size:
             raise ValueError(f"seeds has {len(seeds)} values for {batch_size} prompts; allowed: one seed per prompt")
         if tok.padding_side != "left":
