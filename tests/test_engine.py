@@ -15,7 +15,7 @@ import pytest
 import torch
 from reference_generator import ReferenceGenerator
 from test_prompts import METHODS, perturb
-from tiny import QUESTIONS, tiny_model
+from tiny import QUESTIONS, tiny_model, tiny_tokenizer
 from torch._dynamo.utils import counters
 
 from softtok.generation import GenerationConfig, SoftThinkingGenerator
@@ -237,6 +237,22 @@ def test_bad_engine_settings_are_clear_errors(tokenizer):
         gen.generate(["a long prompt of many characters"])
     with pytest.raises(ValueError, match="seeds has 1 values for 2 prompts"):
         gen.generate(["a", "b"], seeds=[1])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        gen.generate(["a", ""])
+
+
+def test_a_model_without_eos_runs_to_its_budgets(tokenizer):
+    """No EOS id anywhere (model config and tokenizer): nothing but the budgets and strings end a row."""
+    from scripted import ScriptedLM, peaked
+
+    model = ScriptedLM(torch.stack([peaked(83, 1)] * 4), eos_token_id=None)  # would be EOS 1 if it were one
+    tok = tiny_tokenizer()
+    tok.eos_token = None
+    gen = SoftThinkingGenerator(model, tok, GenerationConfig(mode="discrete", temperature=0.0, max_think_tokens=3,
+                                                            max_answer_tokens=2))
+    (res,) = gen.generate([[5, 6]])
+    assert gen.eos_ids == set() and (res.think_end, res.think_tokens, res.answer_tokens) == ("budget", 3, 2)
+    assert gen.steps == 3 + len(gen.think_end_ids) + 2  # the budgets bound the run exactly
 
 
 def test_static_cache_refuses_a_model_that_cannot_have_one(tokenizer, monkeypatch):

@@ -210,7 +210,7 @@ class SoftThinkingGenerator:
         self.answer_sampler = HardMixer(sample=config.answer_temperature > 0)
         eos = model.generation_config.eos_token_id
         eos = eos if eos is not None else tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = {e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}  # may be empty
         self.think_matcher = StreamMatcher(tokenizer, [config.think_end], self.device)
         self.stop_matcher = StreamMatcher(tokenizer, config.stop_strings, self.device) if config.stop_strings else None
         with torch.no_grad():  # the mixture width K (fixed by the filters and the mixer)
@@ -381,8 +381,9 @@ class SoftThinkingGenerator:
             One :class:`GenerationResult` per prompt, in input order.
 
         Raises:
-            ValueError: For a number of seeds other than one per prompt, a tokenizer padding on
-                the right, or (static cache) a model or prompt the static cache cannot hold.
+            ValueError: For a number of seeds other than one per prompt, an empty prompt, a
+                tokenizer padding on the right, or (static cache) a model or prompt the static
+                cache cannot hold.
         """
         if len(prompts) == 0:
             return []
@@ -399,11 +400,16 @@ class SoftThinkingGenerator:
             batch = tok(list(prompts), add_special_tokens=False, padding=True, return_tensors="pt")
         else:
             batch = tok.pad({"input_ids": [list(p) for p in prompts]}, padding=True, return_tensors="pt")
+        empty = [i for i, n in enumerate(batch["attention_mask"].sum(-1).tolist()) if n == 0]
+        if empty:
+            raise ValueError(f"prompt {empty[0]} is empty (no tokens); allowed: prompts of at least one token")
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         if self._eos_tensor.tolist() != sorted(self.eos_ids):  # eos_ids was reassigned
             self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
 
-        max_steps = cfg.max_think_tokens + len(self.think_end_ids) + cfg.max_answer_tokens + 1
+        # The most steps a row can take: its thinking budget (the step that forces think_end feeds its
+        # first token), the think_end tokens, the answer budget (its last step ends the row).
+        max_steps = cfg.max_think_tokens + len(self.think_end_ids) + cfg.max_answer_tokens
         pre = prefill(model, ids, mask)
         prompt_length = pre.attention_mask.shape[1]
         static = cfg.cache == "static"
