@@ -1,8 +1,10 @@
 """KV-cache operations the decode loops need, on every cache layer type transformers ships.
 
 Undoing steps (:func:`snapshot_cache`, :func:`restore_cache`) works on every layer type;
-dropping finished rows (:func:`check_rows_removable`) only on dynamic and sliding-window
-layers, so other caches are refused before decoding when rows would have to leave.
+dropping finished rows only on :data:`ROW_SELECTABLE_LAYERS` (dynamic and sliding-window).
+The Soft Thinking engine therefore drops rows only from such caches and keeps finished
+rows (masked) in any other; the answer-only ``greedy_generate`` refuses other caches for
+a batch up front (:func:`check_rows_removable`).
 
 Some passes must leave the cache as they found it: the single-threaded probe feeds two
 alternative inputs at the same position before the real one. ``Cache.crop`` cannot do
@@ -93,8 +95,9 @@ def _restore_value(value: Any, clone: Any) -> Any:
 def check_rows_removable(cache: Cache, batch_size: int) -> None:
     """Refuse, before decoding, a cache that finished rows could not leave.
 
-    The decode loops drop finished rows from the batch and the cache
-    (``cache.batch_select_indices``); that works on dynamic and sliding-window layers only.
+    :func:`~softtok.prompts.generate.greedy_generate` drops finished rows from the batch and
+    the cache (``cache.batch_select_indices``); that works on dynamic and sliding-window
+    layers only.
 
     Args:
         cache: The cache the prefill builder returned.

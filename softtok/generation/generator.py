@@ -219,7 +219,8 @@ class SoftThinkingGenerator:
                                          RowRandom(torch.zeros(1, dtype=torch.long, device=self.device)))
         self._width, self._weight_dtype = probe[0].shape[-1], probe[1].dtype
         self._think_end_tensor = torch.tensor(self.think_end_ids, dtype=torch.long, device=self.device)
-        self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
+        self._eos_list = sorted(self.eos_ids)
+        self._eos_tensor = torch.tensor(self._eos_list, dtype=torch.long, device=self.device)
         self._compiled = None
         # A dynamic cache changes shape every step: only the phase update is compiled (dynamic batch).
         dynamic_compile = config.compile and config.cache == "dynamic"
@@ -404,8 +405,9 @@ class SoftThinkingGenerator:
         if empty:
             raise ValueError(f"prompt {empty[0]} is empty (no tokens); allowed: prompts of at least one token")
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-        if self._eos_tensor.tolist() != sorted(self.eos_ids):  # eos_ids was reassigned
-            self._eos_tensor = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=self.device)
+        if self._eos_list != sorted(self.eos_ids):  # eos_ids was changed (compared on the host: no device read)
+            self._eos_list = sorted(self.eos_ids)
+            self._eos_tensor = torch.tensor(self._eos_list, dtype=torch.long, device=self.device)
 
         # The most steps a row can take: its thinking budget (the step that forces think_end feeds its
         # first token), the think_end tokens, the answer budget (its last step ends the row).

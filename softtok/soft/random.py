@@ -104,7 +104,7 @@ class RowRandom:
 
     @classmethod
     def from_key(cls, key: torch.Tensor) -> RowRandom:
-        """A generator with the given ``[B]`` keys (used by :meth:`select`)."""
+        """A generator with the given ``[B]`` keys (already derived from seeds, step and streams)."""
         out = cls.__new__(cls)
         out._seeds, out._step, out._streams, out._key = None, None, (), key
         return out
@@ -126,10 +126,6 @@ class RowRandom:
         out = RowRandom.__new__(RowRandom)
         out._seeds, out._step, out._streams, out._key = self._seeds, self._step, (*self._streams, stream), None
         return out
-
-    def select(self, index: torch.Tensor) -> RowRandom:
-        """The generators of the rows ``index`` (``[b]``)."""
-        return RowRandom.from_key(self.key[index])
 
     def _words(self, n: int) -> torch.Tensor:
         counter = hash32(torch.arange(n, dtype=torch.int64, device=self.key.device))
