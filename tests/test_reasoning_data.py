@@ -139,9 +139,27 @@ def test_n_samples_and_dataloaders():
         assert [len(b) for b in batches] == [5, 5, 2]
         assert all(isinstance(b, list) for b in batches)
         assert [r for b in batches for r in b] == records
-    shuffled = [(r["index"], r["sample"]) for b in dm.train_dataloader() for r in b]
-    assert sorted(shuffled) == [(r["index"], r["sample"]) for r in records]
-    assert shuffled == [(r["index"], r["sample"]) for b in dm.train_dataloader() for r in b]  # seeded
+    shuffled = [r["index"] for b in dm.train_dataloader() for r in b]  # each training problem once
+    assert sorted(shuffled) == [0, 1, 2]
+    assert shuffled == [r["index"] for b in dm.train_dataloader() for r in b]  # seeded
+
+
+def test_holdout_split_and_epoch_orders():
+    dm = ReasoningDataModule(task="chain_sum", size=30, n_samples=2, batch_size=4, holdout=5)
+    assert [r["index"] for r in dm.train_records] == list(range(25))
+    assert [(r["index"], r["sample"]) for r in dm.eval_records] == [(i, s) for i in range(25, 30) for s in range(2)]
+    assert [r for b in dm.val_dataloader() for r in b] == dm.eval_records
+    loader = dm.train_dataloader()
+    orders = []
+    for epoch in (0, 1, 0):
+        loader.sampler.set_epoch(epoch)
+        orders.append([r["index"] for b in loader for r in b])
+    assert orders[0] == orders[2] != orders[1] and sorted(orders[1]) == list(range(25))
+    loader.skip = 3  # what a mid-epoch resume sets: the first pass leaves out the batches already done
+    assert [r["index"] for b in loader for r in b] == orders[0][12:]
+    assert [r["index"] for b in loader for r in b] == orders[0]
+    with pytest.raises(ValueError, match="holdout=30 must leave training problems"):
+        ReasoningDataModule(task="chain_sum", size=30, holdout=30)
 
 
 def test_lightning_predict_yields_records():

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from softtok.answers import check_answer
+from softtok.data.loading import EpochShuffleSampler, ResumableDataLoader, batches_done
 from softtok.data.solutions import SOLVERS, worked_solution
 
 IGNORE_INDEX = -100
@@ -54,26 +55,6 @@ class ListDataset(Dataset):
 
     def __getitem__(self, index: int):  # noqa: ANN204
         return self.items[index]
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with ``seed + epoch``: the order of every epoch is reproducible, also after resuming.
-
-    Lightning calls :meth:`set_epoch` at the start of each epoch.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):  # noqa: ANN204
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -314,9 +295,12 @@ class InstructDataModule(LightningDataModule):
         data = self.dataset(split)
         if not len(data):
             raise ValueError(f"the {split!r} split is empty (set its size or file)")
-        sampler = EpochShuffleSampler(len(data), self.seed) if train and self.shuffle else None
-        return DataLoader(data, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-                          collate_fn=self.collate, num_workers=self.num_workers)
+        if not train:
+            return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=self.collate,
+                              num_workers=self.num_workers)
+        sampler = EpochShuffleSampler(len(data), self.seed) if self.shuffle else None
+        return ResumableDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
+                                   num_workers=self.num_workers, skip=batches_done(self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

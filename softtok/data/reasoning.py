@@ -28,13 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from softtok.answers import check_answer
+from softtok.data.loading import EpochShuffleSampler, ResumableDataLoader, batches_done
 
-__all__ = ["ReasoningDataModule", "RecordDataset", "FORMATS"]
+__all__ = ["FORMATS", "ReasoningDataModule", "RecordDataset"]
 
 #: JSONL layouts understood by :class:`ReasoningDataModule`.
 FORMATS: tuple[str, ...] = ("auto", "plain", "gsm8k", "math500")
@@ -112,6 +112,8 @@ class ReasoningDataModule(LightningDataModule):
             numbers them.
         batch_size: Records per batch, ``>= 1``.
         limit: Keep only the first ``limit`` problems (``None``: all).
+        holdout: The last ``holdout`` problems are the evaluation split (val / test / predict
+            loaders) and the others the training split; 0 (default): every loader has every problem.
         num_workers: DataLoader worker processes.
 
     Raises:
@@ -133,6 +135,7 @@ class ReasoningDataModule(LightningDataModule):
         n_samples: int = 1,
         batch_size: int = 8,
         limit: int | None = None,
+        holdout: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -141,6 +144,10 @@ class ReasoningDataModule(LightningDataModule):
         _check_int("batch_size", batch_size, 1)
         _check_int("limit", limit, 1, allow_none=True)
         _check_int("num_workers", num_workers, 0)
+        _check_int("holdout", holdout, 0)
+        if path is None and holdout >= min(size, limit or size):
+            raise ValueError(f"holdout={holdout} must leave training problems: it must be < the number of problems "
+                             f"({min(size, limit or size)})")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed={seed!r} must be an integer")
         if format not in FORMATS:
@@ -167,6 +174,7 @@ class ReasoningDataModule(LightningDataModule):
         self.n_samples = n_samples
         self.batch_size = batch_size
         self.limit = limit
+        self.holdout = holdout
         self.num_workers = num_workers
         self._gym_dataset: Any = None
         self._entries: list[dict[str, Any]] | None = None
@@ -279,8 +287,22 @@ class ReasoningDataModule(LightningDataModule):
     def _ensure_loaded(self) -> list[dict[str, Any]]:
         if self._records is None:
             problems = self._load_jsonl() if self.path is not None else self._load_gym()
+            if self.holdout >= len(problems):
+                raise ValueError(f"holdout={self.holdout} must be < the number of problems ({len(problems)}), "
+                                 "so that some are left to train on")
             self._records = [{**p, "sample": s} for p in problems for s in range(self.n_samples)]
         return self._records
+
+    @property
+    def train_records(self) -> list[dict[str, Any]]:
+        """The training split: each problem once (``sample`` 0), the held-out problems left out."""
+        records = [r for r in self.records if r["sample"] == 0]
+        return records[:len(records) - self.holdout]
+
+    @property
+    def eval_records(self) -> list[dict[str, Any]]:
+        """The evaluation split: the last ``holdout`` problems (all of them when 0), ``n_samples`` each."""
+        return self.records[-self.holdout * self.n_samples:] if self.holdout else self.records
 
     def setup(self, stage: str | None = None) -> None:
         """Generate (reasoning-gym) or read (JSONL) the problems; idempotent."""
@@ -299,7 +321,7 @@ class ReasoningDataModule(LightningDataModule):
     def record_settings(self) -> dict[str, Any]:
         """The settings that determine the records (for :class:`~softtok.callbacks.JsonlPredictionWriter`).
 
-        ``batch_size`` and ``num_workers`` are left out; a JSONL file is identified by its
+        ``batch_size``, ``holdout`` and ``num_workers`` are left out; a JSONL file is identified by its
         name (the records' ``task`` is its stem) and a SHA-256 of its content, not by its folder.
         """
         common = {"n_samples": self.n_samples, "limit": self.limit}
@@ -311,32 +333,33 @@ class ReasoningDataModule(LightningDataModule):
                 "question_field": self.question_field, "answer_field": self.answer_field, **common}
 
     # --------------------------------------------------------------- dataloaders
-    def _loader(self, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            RecordDataset(self.records),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            collate_fn=list,
-            num_workers=self.num_workers,
-            generator=generator,
-        )
+    def _loader(self) -> DataLoader:
+        return DataLoader(RecordDataset(self.eval_records), batch_size=self.batch_size, shuffle=False,
+                          collate_fn=list, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
-        """Unshuffled batches (lists) of records, in input order."""
-        return self._loader(shuffle=False)
+        """Unshuffled batches (lists) of the evaluation records, in input order."""
+        return self._loader()
 
     def test_dataloader(self) -> DataLoader:
         """Same as :meth:`predict_dataloader`."""
-        return self._loader(shuffle=False)
+        return self._loader()
 
     def val_dataloader(self) -> DataLoader:
         """Same as :meth:`predict_dataloader`."""
-        return self._loader(shuffle=False)
+        return self._loader()
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled batches of records (seeded with ``seed``), e.g. prompts for RL."""
-        return self._loader(shuffle=True)
+        """Shuffled batches of the training records (e.g. prompts for RL), resumable mid-epoch.
+
+        Each epoch's order depends only on ``seed`` and the epoch. When a fit resumes from a
+        checkpoint saved mid-epoch, the batches that epoch had already completed are skipped,
+        so the run continues with the very batch it would have seen next.
+        """
+        records = self.train_records
+        return ResumableDataLoader(RecordDataset(records), batch_size=self.batch_size,
+                                   sampler=EpochShuffleSampler(len(records), self.seed), collate_fn=list,
+                                   num_workers=self.num_workers, skip=batches_done(self.trainer))
 
     # ------------------------------------------------------------------- scoring
     def scorer_for(self, record: dict[str, Any]) -> Callable[[str], float] | None:

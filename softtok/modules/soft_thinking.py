@@ -127,10 +127,14 @@ class SoftThinkingModule(LightningModule):
         tokenizer = load_tokenizer(self.model_name)
         self._check_tokenizer(tokenizer)
         lm, tokenizer = load_model(self.model_name, dtype=self.dtype_name, tokenizer=tokenizer)
-        lm.requires_grad_(False)
+        lm = self.prepare_lm(lm)
         self._modules["lm"] = lm  # a submodule (moved to the device, in state_dict); read through the property
         self._tokenizer = tokenizer
         self._generator = SoftThinkingGenerator(lm, tokenizer, self.generation)
+
+    def prepare_lm(self, lm: PreTrainedModel) -> PreTrainedModel:
+        """What is done to the loaded model before use: here, freeze it (inference only)."""
+        return lm.requires_grad_(False)
 
     def _check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """The checks that need only the tokenizer, run before the weights load."""
@@ -235,14 +239,19 @@ class SoftThinkingModule(LightningModule):
             out.update(entropy=result.entropy, topk_ids=result.topk_ids, topk_weights=result.topk_weights)
         return out
 
-    def run(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Generate and score a batch of records (skipping those already done)."""
+    def run(self, batch: list[dict[str, Any]], generator: SoftThinkingGenerator | None = None
+            ) -> list[dict[str, Any]]:
+        """Generate (with ``generator``, default :attr:`generator`) and score a batch of records.
+
+        Records already done (:attr:`skip`) are left out.
+        """
         batch = [r for r in batch if (r["index"], r.get("sample", 0)) not in self.skip]
         if not batch:
             return []
         start = time.perf_counter()
         seeds = [row_seed(self.base_seed, r["index"], r.get("sample", 0)) for r in batch]
-        results = self.generator.generate([self.format_prompt(r["question"]) for r in batch], seeds=seeds)
+        prompts = [self.format_prompt(r["question"]) for r in batch]
+        results = (generator or self.generator).generate(prompts, seeds=seeds)
         seconds = time.perf_counter() - start
         return [self.to_record(r, res, seconds) for r, res in zip(batch, results, strict=True)]
 

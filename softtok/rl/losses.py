@@ -14,7 +14,7 @@ The loss is PPO's clipped surrogate per step ``t`` (a token, or a continuous CoT
 log-probability is a Gaussian log-density), with ``rho = exp(logp - logp_old)``::
 
     L_t = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)  [+ beta * KL_t]
-    KL_t = exp(ref - logp) - (ref - logp) - 1                 (Schulman's k3 estimator)
+    KL_t = exp(d) - d - 1,  d = clamp(ref - logp, -20, 20)      (Schulman's k3 estimator; clamp: verl)
 
 On the first pass over fresh rollouts ``rho = 1`` and the gradient is ``-A grad logp``:
 RLOO is this loss with no clipping and ``beta = 0``. The per-step losses are aggregated as
@@ -45,6 +45,8 @@ SCALE_REWARDS = ("group", "batch", "none")
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 #: Added to the standard deviation before dividing (TRL's value).
 STD_EPS = 1e-4
+#: The k3 KL's log-ratio ``ref - logp`` is clamped to ``[-20, 20]`` (verl's ``low_var_kl``).
+KL_LOG_RATIO_CLAMP = 20.0
 
 
 def _check_groups(rewards: torch.Tensor, group_size: int) -> None:
@@ -210,7 +212,9 @@ def policy_loss(
     per_step = -per_step
     kl = None
     if ref_logp is not None:
-        delta = ref_logp - logp
+        # Clamped as verl's low_var_kl does: a Gaussian CoT step's log-ratio grows as 1 / sigma^2
+        # and exp() would overflow to inf (then NaN gradients) long before the policy is useless.
+        delta = (ref_logp - logp).clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
         kl_per_step = torch.exp(delta) - delta - 1.0
         if beta > 0:
             per_step = per_step + beta * kl_per_step

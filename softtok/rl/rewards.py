@@ -22,6 +22,7 @@ finite; the error names the function) and sums them with weights.
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -78,22 +79,37 @@ def _name(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
+def _import(path: str) -> Any:
+    """The object at an import path ``package.module.name`` (or ``package.module:name``)."""
+    module, sep, name = path.replace(":", ".").rpartition(".")
+    allowed = f"allowed: {', '.join(REWARDS)}, an import path 'package.module.function', or a callable"
+    if not sep or not module:
+        raise ValueError(f"reward {path!r} is unknown; {allowed}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"reward {path!r} cannot be imported ({err}); {allowed}") from None
+
+
 def resolve_rewards(rewards: Sequence[str | RewardFn], weights: Sequence[float] | None = None
                     ) -> tuple[list[RewardFn], list[float]]:
-    """Reward functions (names from :data:`REWARDS`, or callables) and their weights (default 1 each).
+    """Reward functions and their weights (default 1 each).
+
+    Args:
+        rewards: Names from :data:`REWARDS`, import paths of functions (``"mypkg.rewards.length_bonus"``),
+            or callables.
+        weights: One weight per reward (``None``: all 1).
 
     Raises:
-        ValueError: For no reward, an unknown name, a non-callable, or weights of another length
-            or not finite.
+        ValueError: For no reward, an unknown name, a path that does not import, a non-callable,
+            or weights of another length or not finite.
     """
     if not rewards:
         raise ValueError("rewards is empty; allowed: names from " + ", ".join(REWARDS) + " or callables")
     fns = []
     for reward in rewards:
         if isinstance(reward, str):
-            if reward not in REWARDS:
-                raise ValueError(f"reward {reward!r} is unknown; allowed: {', '.join(REWARDS)} or a callable")
-            reward = REWARDS[reward]
+            reward = REWARDS[reward] if reward in REWARDS else _import(reward)
         if not callable(reward):
             raise ValueError(f"reward {reward!r} is neither a built-in name nor callable")
         fns.append(reward)

@@ -34,6 +34,10 @@ from softtok.soft.random import row_seed
 #: CoT modes and their default temperature (the paper's).
 RL_MODES = {"hard": 1.0, "soft": 0.5, "fuzzy": 1e-4}
 
+#: Evaluation inference: the CoT as hard tokens or as Soft Thinking's mixture, greedy (pass@1)
+#: or sampled as in training (pass@k). See :meth:`RolloutConfig.eval_generation_config`.
+EVAL_MODES = ("hard_greedy", "hard_sampled", "soft_greedy", "soft_sampled")
+
 
 @dataclass(frozen=True)
 class RolloutConfig:
@@ -52,6 +56,9 @@ class RolloutConfig:
         max_answer_tokens: Answer budget (the paper: 32).
         answer_temperature: Answer sampling temperature (the policy's, 1.0).
         stop_strings: Strings that end the answer.
+        cache: The decode engine's KV cache, ``dynamic`` or ``static`` (see
+            :class:`~softtok.generation.GenerationConfig`; changes speed, not rollouts).
+        compile: Compile the engine's step (``torch.compile``; with ``cache: static``, the whole step).
     """
 
     mode: str = "soft"
@@ -64,6 +71,8 @@ class RolloutConfig:
     max_answer_tokens: int = 32
     answer_temperature: float = 1.0
     stop_strings: tuple[str, ...] = ()
+    cache: str = "dynamic"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in RL_MODES:
@@ -84,13 +93,42 @@ class RolloutConfig:
 
     def generation_config(self) -> GenerationConfig:
         """The generator settings of these rollouts."""
-        common = dict(think_end=self.think_end, max_think_tokens=self.max_think_tokens,
-                      max_answer_tokens=self.max_answer_tokens, answer_temperature=self.answer_temperature,
-                      stop_strings=self.stop_strings, top_p=1.0, min_p=0.0)
         if self.mode == "hard":
-            return GenerationConfig(mode="discrete", temperature=self.tau, top_k=0, **common)
-        return GenerationConfig(mode="dense", temperature=self.tau, top_k=self.top_k, noise_factor=self.noise_factor,
-                                record_inputs=True, **common)
+            return self._generation("discrete", self.tau, self.answer_temperature)
+        return self._generation("dense", self.tau, self.answer_temperature, noise_factor=self.noise_factor,
+                                top_k=self.top_k, record_inputs=True)
+
+    def eval_generation_config(self, mode: str) -> GenerationConfig:
+        """The generator settings of an evaluation ``mode`` (one of :data:`EVAL_MODES`).
+
+        ``hard_*`` thinks in tokens (``greedy``: temperature 0, else the hard mode's 1.0);
+        ``soft_*`` feeds the mean mixture at this config's temperature and ``top_k`` (a
+        ``hard`` policy: the soft mode's 0.5), with the training noise when ``sampled``.
+        The answer is greedy in ``*_greedy`` and sampled at ``answer_temperature`` otherwise.
+        So ``soft_sampled`` of a soft / fuzzy config is its training policy, and
+        ``hard_sampled`` that of a hard one.
+
+        Raises:
+            ValueError: For an unknown ``mode``.
+        """
+        if mode not in EVAL_MODES:
+            raise ValueError(f"evaluation mode {mode!r} is unknown; allowed: {', '.join(EVAL_MODES)}")
+        thinking, sampling = mode.split("_")
+        answer_temperature = self.answer_temperature if sampling == "sampled" else 0.0
+        if thinking == "hard":
+            return self._generation("discrete", RL_MODES["hard"] if sampling == "sampled" else 0.0, answer_temperature)
+        tau = RL_MODES["soft"] if self.mode == "hard" else self.tau
+        noise = self.noise_factor if sampling == "sampled" else 0.0
+        return self._generation("dense", tau, answer_temperature, noise_factor=noise, top_k=self.top_k)
+
+    def _generation(self, mode: str, temperature: float, answer_temperature: float, **extra: object
+                    ) -> GenerationConfig:
+        return GenerationConfig(
+            mode=mode, temperature=temperature, answer_temperature=answer_temperature, think_end=self.think_end,
+            max_think_tokens=self.max_think_tokens, max_answer_tokens=self.max_answer_tokens,
+            stop_strings=self.stop_strings, top_p=1.0, min_p=0.0, cache=self.cache, compile=self.compile,
+            **{"top_k": 0, **extra},
+        )
 
     def density(self, model: PreTrainedModel) -> GaussianDensity | None:
         """The CoT step density (``None`` for hard rollouts, whose CoT steps are tokens)."""
@@ -115,6 +153,8 @@ class RolloutBatch:
         completions: The text of each rollout (thinking, then answer), for the rewards.
         results: The generator's results.
         seeds: Each row's seed.
+        max_length: The most steps a rollout can take (CoT budget + ``think_end`` tokens +
+            answer budget): ``dr_grpo``'s constant length.
     """
 
     prompt_ids: torch.Tensor
@@ -129,6 +169,7 @@ class RolloutBatch:
     completions: list[str]
     results: list[GenerationResult]
     seeds: list[int]
+    max_length: int
 
     def log_probs(self, model: PreTrainedModel, config: RolloutConfig, chunk_size: int = 64) -> RolloutLogProbs:
         """The rollouts' log-probabilities under ``model`` (with gradients when enabled)."""
@@ -199,5 +240,5 @@ def generate_rollouts(
     return RolloutBatch(
         to(enc.input_ids), to(enc.attention_mask), to(cot_inputs), to(cot_ids), to(cot_mask), to(cot_weight),
         to(answer_ids), to(answer_mask), to(answer_weight), [r.thinking + r.answer for r in results], results,
-        row_seeds,
+        row_seeds, config.max_think_tokens + len(forced) + config.max_answer_tokens,
     )
