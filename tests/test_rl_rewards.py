@@ -76,3 +76,12 @@ def test_bad_reward_settings(args, match):
 def test_tensor_outputs_are_accepted():
     total, _ = score_rewards([lambda p, c, r: torch.ones(len(c))], [3.0], [""] * 5, COMPLETIONS, REFERENCES)
     assert total.tolist() == [3.0] * 5
+
+
+def test_rewards_by_import_path():
+    fns, _ = resolve_rewards(["softtok.rl.rewards.format_reward", "softtok.rl.rewards:shaped_reward"])
+    assert fns == [format_reward, shaped_reward]
+    for path, match in [("softtok.rl.rewards.nothing", "cannot be imported"), ("nosuchpkg.fn", "cannot be imported"),
+                        ("accuracy", "reward 'accuracy' is unknown")]:
+        with pytest.raises(ValueError, match=match):
+            resolve_rewards([path])

@@ -97,3 +97,33 @@ def test_generator_with_other_settings_is_refused():
     gen = SoftThinkingGenerator(model, tiny_tokenizer(), config.generation_config())
     with pytest.raises(ValueError, match="seeds has 1 values for 4 prompts"):
         generate_rollouts(gen, PROMPTS, config, [1])
+
+
+def test_static_cache_rollouts_equal_dynamic_ones():
+    """The engine's static KV cache changes the speed of rollouts, not the rollouts."""
+    model = tiny_model("llama").double()
+    _, _, dynamic = rollouts("soft", model=model)
+    _, _, static = rollouts("soft", model=model, cache="static")
+    assert [r.think_ids for r in static.results] == [r.think_ids for r in dynamic.results]
+    assert [r.answer_ids for r in static.results] == [r.answer_ids for r in dynamic.results]
+    torch.testing.assert_close(static.cot_inputs, dynamic.cot_inputs, atol=1e-10, rtol=0)
+    assert static.max_length == dynamic.max_length == 8 + 1 + 3  # budgets + the one-token think_end
+
+
+def test_evaluation_modes():
+    soft = RolloutConfig(mode="soft", noise_factor=0.5, top_k=5, answer_temperature=0.7)
+    hard_greedy = soft.eval_generation_config("hard_greedy")
+    assert (hard_greedy.mode, hard_greedy.temperature, hard_greedy.answer_temperature) == ("discrete", 0.0, 0.0)
+    hard_sampled = soft.eval_generation_config("hard_sampled")
+    assert (hard_sampled.temperature, hard_sampled.answer_temperature, hard_sampled.top_k) == (1.0, 0.7, 0)
+    soft_greedy = soft.eval_generation_config("soft_greedy")
+    assert (soft_greedy.mode, soft_greedy.temperature, soft_greedy.noise_factor, soft_greedy.top_k,
+            soft_greedy.answer_temperature) == ("dense", 0.5, 0.0, 5, 0.0)
+    # The sampled soft mode is the training policy itself, less the input recording.
+    training = soft.generation_config()
+    assert soft.eval_generation_config("soft_sampled") == type(training)(**{**training.__dict__,
+                                                                           "record_inputs": False})
+    assert RolloutConfig(mode="hard").eval_generation_config("soft_greedy").temperature == 0.5
+    assert RolloutConfig(mode="fuzzy").eval_generation_config("soft_greedy").temperature == 1e-4
+    with pytest.raises(ValueError, match="evaluation mode 'greedy' is unknown; allowed: hard_greedy"):
+        soft.eval_generation_config("greedy")
