@@ -74,3 +74,19 @@ def test_the_research_code_example_runs_on_the_embedded_model(monkeypatch, capsy
     monkeypatch.setattr(sys, "argv", ["x", "--steps", "1", "--prompts", "1", "--group", "2"])
     example.main()
     assert "step 0: reward" in capsys.readouterr().out
+
+
+def test_a_non_finite_loss_stops_before_the_optimizer_steps():
+    torch.manual_seed(0)
+    model = tiny_model("llama")
+    rollout = RolloutConfig(mode="soft", group_size=2, max_think_tokens=3, max_answer_tokens=2)
+    batch = generate_rollouts(SoftThinkingGenerator(model, tiny_tokenizer(), rollout.generation_config()),
+                              PROMPTS[:2], rollout, seeds=[1, 2])
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    advantages = torch.tensor([1.0, float("nan"), 0.0, 0.0])
+    with pytest.raises(FloatingPointError, match="the policy loss is nan .* the optimizer was not stepped"):
+        policy_update(model, optimizer, batch, torch.zeros(4), rollout, AlgorithmConfig(), advantages=advantages)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="beta=0.1 needs ref_logp"):
+        policy_update(model, optimizer, batch, torch.zeros(4), rollout, AlgorithmConfig(beta=0.1))

@@ -46,7 +46,7 @@ class AlgorithmConfig:
         epsilon_high: Clipping range above 1; ``None``: ``epsilon_low``.
         inner_epochs: Optimizer steps over the same rollouts (1 for RLOO).
         beta: Coefficient of the k3 KL penalty to a frozen reference policy (0: none, and no
-            reference is kept; TRL's default since 0.19, and the paper's).
+            reference is kept; TRL's ``GRPOConfig`` default and the paper's).
         max_grad_norm: Gradient clipping norm (``None``: off).
     """
 
@@ -122,7 +122,7 @@ def policy_update(
     Raises:
         ValueError: For rewards of the wrong length, a group size the estimator cannot use, or
             ``beta > 0`` without ``ref_logp``.
-        FloatingPointError: If the loss is not finite (the optimizer is not stepped).
+        FloatingPointError: If the loss or the gradient norm is not finite (the optimizer is not stepped).
     """
     if rewards.shape != (len(batch.results),):
         raise ValueError(f"rewards has shape {tuple(rewards.shape)}; expected ({len(batch.results)},), one per rollout")
@@ -150,6 +150,9 @@ def policy_update(
         (backward or torch.Tensor.backward)(out.loss)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, algorithm.max_grad_norm or float("inf"))
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"the gradient norm is {float(norm)} at inner epoch {epoch}; the optimizer was not "
+                                     "stepped. Check the learning rate and noise_factor, or use dtype float32")
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
