@@ -217,3 +217,21 @@ def test_a_reward_returning_nan_names_itself(model_dir, problems, tmp_path):
     module = make_module(model_dir, rewards=[broken])
     with pytest.raises(ValueError, match="reward function .*broken returned nan"):
         trainer(tmp_path, 1).fit(module, datamodule=ReasoningDataModule(path=problems, batch_size=2, holdout=3))
+
+
+@pytest.mark.slow
+def test_the_lightning_example_runs_on_the_embedded_model(monkeypatch, capsys):
+    """examples/continuous_cot_lightning.py: the module with a custom reward callable, a Trainer, SmolLM2."""
+    import importlib.util
+    import sys
+
+    from test_models import require_embedded
+
+    require_embedded("smollm2-135m")
+    spec = importlib.util.spec_from_file_location("continuous_cot_lightning",
+                                                  os.path.join(ROOT, "examples", "continuous_cot_lightning.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(sys, "argv", ["x", "--steps", "1", "--group", "2", "--think", "8"])
+    example.main()
+    assert "last step: reward" in capsys.readouterr().out
