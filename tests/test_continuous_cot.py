@@ -217,6 +217,7 @@ def test_a_reward_returning_nan_names_itself(model_dir, problems, tmp_path):
     module = make_module(model_dir, rewards=[broken])
     with pytest.raises(ValueError, match="reward function .*broken returned nan"):
         trainer(tmp_path, 1).fit(module, datamodule=ReasoningDataModule(path=problems, batch_size=2, holdout=3))
+    assert module._generator is None  # found by the probe at setup, before the model loaded
 
 
 @pytest.mark.slow

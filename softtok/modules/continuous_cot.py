@@ -166,7 +166,22 @@ class ContinuousCoTModule(SoftThinkingModule):
             self.check_pass_k(n_samples)
         if self.algorithm.beta > 0 and self.reference_model is not None:
             self._check_reference_vocabulary()
+        records = getattr(getattr(trainer, "datamodule", None), "train_records", None)
+        if stage == "fit" and records:
+            self.check_rewards(records[0])
         self.load()
+
+    def check_rewards(self, record: Mapping[str, Any]) -> None:
+        """Call every reward function once on a made-up completion of ``record`` (its reference answer).
+
+        So a function that does not return one finite number per completion fails before the
+        model loads, not after the first batch of rollouts.
+
+        Raises:
+            ValueError: Naming the function, as :func:`~softtok.rl.rewards.score_rewards`.
+        """
+        score_rewards(self.reward_fns, self.reward_weights, [record["question"]],
+                      [f"Final answer: {record['answer']}"], self.references([record]))
 
     def _check_reference_vocabulary(self) -> None:
         theirs, ours = load_tokenizer(self.reference_model), load_tokenizer(self.model_name)

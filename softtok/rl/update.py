@@ -151,8 +151,8 @@ def policy_update(
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, algorithm.max_grad_norm or float("inf"))
         if not torch.isfinite(norm):
-            raise FloatingPointError(f"the gradient norm is {float(norm)} at inner epoch {epoch}; the optimizer was not "
-                                     "stepped. Check the learning rate and noise_factor, or use dtype float32")
+            raise FloatingPointError(f"the gradient norm is {float(norm)} at inner epoch {epoch}; the optimizer was "
+                                     "not stepped. Check the learning rate and noise_factor, or use dtype float32")
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
