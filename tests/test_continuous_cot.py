@@ -1,5 +1,6 @@
 """``ContinuousCoTModule`` with the Trainer: resume, DDP, LoRA, KL, the CLI recipes and bad input."""
 
+import csv
 import json
 import os
 
@@ -163,6 +164,22 @@ def test_fit_then_test_through_the_cli(model_dir, problems, tmp_path, monkeypatc
     tested = cli(recipe_args("test", model_dir, problems, tmp_path, "--ckpt_path", str(last)))
     metrics = tested.trainer.callback_metrics
     assert metrics["test/soft_sampled/num_samples"] == 8 and metrics["test/hard_greedy/num_samples"] == 4
+
+
+@pytest.mark.slow
+def test_ddp_fit_validates_every_problem_once(model_dir, problems, tmp_path, monkeypatch):
+    """Two processes through the CLI: validation gathers the 4 held-out problems (8 samples) from both.
+
+    The processes split the records so that one holds only second samples: its greedy modes
+    see no record at all, and the metric sync must still work.
+    """
+    monkeypatch.chdir(tmp_path)
+    cli(recipe_args("fit", model_dir, problems, tmp_path, "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2"))
+    metrics = {r["step"]: r for r in csv.DictReader(open(
+        tmp_path / "outputs/continuous_cot/tiny/lightning_logs/version_0/metrics.csv"))}
+    val = {k: float(v) for k, v in metrics["1"].items() if k.startswith("val/") and v}
+    assert val["val/hard_greedy/num_problems"] == val["val/soft_sampled/num_problems"] == 4
+    assert val["val/hard_greedy/num_samples"] == 4 and val["val/soft_sampled/num_samples"] == 8
 
 
 @pytest.mark.parametrize("recipe", ["hard", "soft", "fuzzy", "tiny"])

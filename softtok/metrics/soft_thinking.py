@@ -85,8 +85,8 @@ class SoftThinkingMetrics(Metric):
             rows["tt"].append(float(result["think_tokens"]))
             rows["at"].append(float(result["answer_tokens"]))
             rows["ent"].append(math.nan if entropy is None else float(entropy))
-        if not results:
-            return
+        # An empty batch still appends (empty) tensors: under DDP every process must have a
+        # tensor to gather, e.g. a process whose records were all filtered out of a greedy mode.
         dev = self.device
         self.problem.append(torch.tensor(rows["problem"], dtype=torch.long, device=dev))
         self.sample.append(torch.tensor(rows["sample"], dtype=torch.long, device=dev))
