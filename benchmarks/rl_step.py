@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import gc
 import json
 import logging
@@ -59,6 +58,7 @@ import transformers
 
 from softtok.generation import SoftThinkingGenerator
 from softtok.rl import AlgorithmConfig, RolloutBatch, RolloutConfig, generate_rollouts, policy_update
+from softtok.soft.embedding import embedding_rms
 
 MODELS = ("tiny", "smollm2-135m")
 MODES = ("hard", "soft", "fuzzy")
@@ -274,22 +274,22 @@ def synthetic_batch(model, tokenizer, prompts: list[str], rollout: RolloutConfig
     gen = torch.Generator().manual_seed(t)
     ids = torch.randint(0, weight.shape[0], (n, t), generator=gen)
     cot_ids = cot_inputs = None
+    sigma = 0.0 if rollout.mode == "hard" else rollout.noise_factor * embedding_rms(model.get_input_embeddings())
     if rollout.mode == "hard":
         cot_ids = ids.to(device)
     else:
         with torch.no_grad():
             embedded = model.get_input_embeddings()(ids.to(device))
             noise = torch.randn(embedded.shape, generator=gen).to(device=device, dtype=embedded.dtype)
-            cot_inputs = (embedded + rollout.density(model).sigma * noise).detach()
+            cot_inputs = (embedded + sigma * noise).detach()
     ones = lambda *shape: torch.ones(*shape, device=device)  # noqa: E731
     answer_ids = torch.randint(0, weight.shape[0], (n, answer_positions), generator=gen).to(device)
     fields = dict(prompt_ids=enc.input_ids.to(device), prompt_mask=enc.attention_mask.to(device),
                   cot_inputs=cot_inputs, cot_ids=cot_ids, cot_mask=ones(n, t), cot_weight=ones(n, t),
                   answer_ids=answer_ids, answer_mask=ones(n, answer_positions),
                   answer_weight=ones(n, answer_positions), completions=[], results=[], seeds=[],
-                  max_length=t + answer_positions)
-    names = {f.name for f in dataclasses.fields(RolloutBatch)}
-    return RolloutBatch(**{k: v for k, v in fields.items() if k in names})
+                  max_length=t + answer_positions, sigma=sigma)
+    return RolloutBatch(**fields)
 
 
 def _walk(nodes):

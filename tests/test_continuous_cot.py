@@ -205,6 +205,12 @@ def test_pass_k_above_n_samples_fails_at_setup(model_dir, problems, tmp_path):
     (dict(reference_model="x"), "only used with algorithm.beta > 0"),
     (dict(lora={"rank": 2}), "not a valid peft.LoraConfig"),
     (dict(algorithm={"beta": -1.0}), "beta=-1.0 must be"),
+    (dict(algorithm={"epsilon_high": 0.28}), "epsilon_high=0.28 needs epsilon_low"),
+    (dict(rollout={**ROLLOUT, "answer_temperature": 0.0}), "answer_temperature=0.0 must be > 0"),
+    (dict(eval_modes=[]), r"eval_modes=\[\] must be a list of at least one of hard_greedy"),
+    (dict(rewards="correctness"), "rewards='correctness' must be a list of rewards"),
+    (dict(rewards=["correctness", "format"], reward_weights=[1.0]), r"reward_weights=\[1.0\] must be 2 finite"),
+    (dict(weight_decay=float("inf")), "weight_decay=inf must be a finite number"),
 ])
 def test_bad_settings_fail_before_loading(model_dir, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -253,3 +259,18 @@ def test_the_lightning_example_runs_on_the_embedded_model(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["x", "--steps", "1", "--group", "2", "--think", "8"])
     example.main()
     assert "last step: reward" in capsys.readouterr().out
+
+
+def test_chunk_size_reaches_the_recompute(model_dir, problems, tmp_path, monkeypatch):
+    import softtok.rl.logprob as logprob
+
+    seen = []
+    original = logprob.cot_means
+
+    def spy(logits, embedding, temperature, top_k=0, chunk_size=64):
+        seen.append(chunk_size)
+        return original(logits, embedding, temperature, top_k, chunk_size)
+
+    monkeypatch.setattr(logprob, "cot_means", spy)
+    fit(model_dir, problems, tmp_path, 1, chunk_size=3)
+    assert seen and set(seen) == {3}

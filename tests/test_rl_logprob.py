@@ -68,7 +68,8 @@ def batch_rollouts(model, prompts, lengths, density, hard=False):
         answer_ids[i, :na] = torch.tensor(answer)
         answer_mask[i, :na] = 1
     args = (enc.input_ids, enc.attention_mask, cot_mask, answer_ids, answer_mask)
-    kw = dict(cot_ids=cot_ids) if hard else dict(cot_inputs=cot_inputs, density=density, temperature=TAU)
+    kw = dict(cot_ids=cot_ids, temperature=1.0) if hard else dict(cot_inputs=cot_inputs, density=density,
+                                                                    temperature=TAU)
     return rows, args, kw
 
 
@@ -165,11 +166,12 @@ def test_top_k_means_and_per_dimension_density():
     (lambda: GaussianDensity.from_embedding(torch.nn.Embedding(3, 2), 0.0), "noise_factor=0.0 must be > 0"),
     (lambda: cot_means(torch.zeros(1, 1, 3), torch.nn.Embedding(3, 2), 0.0), "temperature=0.0 must be > 0"),
     (lambda: rollout_log_probs(tiny_model("llama"), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2),
-                               torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1)),
+                               torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1),
+                               temperature=1.0),
      "exactly one of cot_inputs"),
     (lambda: rollout_log_probs(tiny_model("llama"), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2),
                                torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1),
-                               cot_inputs=torch.zeros(1, 1, 64)), "needs a density"),
+                               cot_inputs=torch.zeros(1, 1, 64), temperature=0.5), "needs a density"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

@@ -113,3 +113,8 @@ def test_k3_kl_by_hand():
 def test_bad_input_names_the_value(call, match):
     with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def test_epsilon_high_alone_is_refused():
+    with pytest.raises(ValueError, match="epsilon_high=0.28 needs epsilon_low"):
+        policy_loss(torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), epsilon_low=None, epsilon_high=0.28)

@@ -6,6 +6,7 @@ from tiny import tiny_model, tiny_tokenizer
 
 from softtok.generation import SoftThinkingGenerator
 from softtok.rl.rollout import RolloutConfig, generate_rollouts
+from softtok.soft.embedding import embedding_rms
 from softtok.soft.random import RowRandom, row_seed
 
 PROMPTS = ["hello 1+2", "x", "7 + 8 = 15", "ab"]
@@ -26,7 +27,8 @@ def test_soft_rollout_is_recomputed_exactly():
     assert {r.think_end for r in results} >= {"budget", "think_end"}
     with torch.no_grad():
         out = batch.log_probs(model, config)
-    sigma = config.density(model).sigma
+    sigma = batch.sigma
+    assert sigma == pytest.approx(0.33 * embedding_rms(model.get_input_embeddings()))
     dim = batch.cot_inputs.shape[-1]
     checked = 0
     for i, r in enumerate(results):
@@ -127,3 +129,19 @@ def test_evaluation_modes():
     assert RolloutConfig(mode="fuzzy").eval_generation_config("soft_greedy").temperature == 1e-4
     with pytest.raises(ValueError, match="evaluation mode 'greedy' is unknown; allowed: hard_greedy"):
         soft.eval_generation_config("greedy")
+
+
+def test_token_log_probs_are_at_the_sampling_temperatures():
+    """Hard CoT tokens are scored at tau and answer tokens at answer_temperature: the distributions sampled."""
+    model, config, batch = rollouts("hard", temperature=0.5, answer_temperature=0.7)
+    with torch.no_grad():
+        out = batch.log_probs(model, config)
+        counted = batch.answer_weight == 1
+        expected = torch.log_softmax(out.answer_logits / 0.7, -1).gather(-1, batch.answer_ids[..., None])[..., 0]
+        torch.testing.assert_close(out.answer[counted], expected[counted])
+        at_one = batch.log_probs(model, RolloutConfig(**{**config.__dict__, "temperature": 1.0,
+                                                         "answer_temperature": 1.0}))
+    assert not torch.allclose(out.cot, at_one.cot) and not torch.allclose(out.answer, at_one.answer)
+    with pytest.raises(ValueError, match="answer_temperature=0.0 must be > 0"):
+        RolloutConfig(answer_temperature=0.0)
+    assert RolloutConfig(mode="hard", temperature=0.8).eval_generation_config("hard_sampled").temperature == 0.8

@@ -70,7 +70,8 @@ class ContinuousCoTModule(SoftThinkingModule):
             questions; the references are ``{"answer": ..., "scorer": ...}`` per completion.
         reward_weights: One weight per reward (``None``: 1 each); the reward is their weighted sum.
         system_prompt: System message put before each question (``None``: none).
-        dtype: Model weight dtype (float32 for training on CPU; bf16 on accelerators).
+        dtype: Model weight dtype: float32 for full fine-tuning (bf16 weights lose most updates at
+            RL learning rates; use the Trainer's ``precision="bf16-mixed"`` on GPUs); bf16 suits LoRA.
         lr: AdamW peak learning rate ("Soft Tokens, Hard Truths": 3e-6 to 8e-6 for 3-8B models).
         weight_decay: AdamW weight decay.
         warmup_steps: Linear warm-up optimizer steps before the cosine decay (the paper: 20).
@@ -118,11 +119,13 @@ class ContinuousCoTModule(SoftThinkingModule):
                              "each rollout with the others of its prompt")
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr={lr!r} must be a finite number > 0")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
         for name, value, low in (("warmup_steps", warmup_steps, 0), ("chunk_size", chunk_size, 1)):
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if isinstance(eval_modes, str) or not list(eval_modes):
+            raise ValueError(f"eval_modes={eval_modes!r} must be a list of at least one of {', '.join(EVAL_MODES)}")
         eval_modes = list(eval_modes)
         for mode in eval_modes:
             rollout.eval_generation_config(mode)  # raises naming the allowed modes
@@ -135,7 +138,12 @@ class ContinuousCoTModule(SoftThinkingModule):
                 raise ValueError(f"lora={lora!r} is not a valid peft.LoraConfig: {err}") from None
         if reference_model is not None and algorithm.beta == 0:
             raise ValueError(f"reference_model={reference_model!r} is only used with algorithm.beta > 0 (beta=0)")
-        self.reward_fns, self.reward_weights = resolve_rewards(list(rewards), reward_weights)
+        if isinstance(rewards, str) or callable(rewards):
+            raise ValueError(f"rewards={rewards!r} must be a list of rewards, e.g. [{rewards!r}]")
+        try:
+            self.reward_fns, self.reward_weights = resolve_rewards(list(rewards), reward_weights)
+        except ValueError as err:
+            raise ValueError(str(err).replace("weights=", "reward_weights=")) from None
         self.rollout, self.algorithm = rollout, algorithm
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.lora, self.reference_model, self.chunk_size = lora, reference_model, chunk_size
@@ -264,9 +272,9 @@ class ContinuousCoTModule(SoftThinkingModule):
         with torch.no_grad():
             if self.lora is not None:
                 with self.lm.disable_adapter():
-                    return sequence_log_probs(self.lm, batch, self.rollout)[0]
+                    return sequence_log_probs(self.lm, batch, self.rollout, self.chunk_size)[0]
             reference = self._reference[0].to(self.device)
-            return sequence_log_probs(reference, batch, self.rollout)[0]
+            return sequence_log_probs(reference, batch, self.rollout, self.chunk_size)[0]
 
     def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         rollouts = self.make_rollouts(batch)
@@ -279,7 +287,7 @@ class ContinuousCoTModule(SoftThinkingModule):
         stats = policy_update(
             self.lm, self.optimizers(), rollouts, rewards, self.rollout, self.algorithm,
             scheduler=self.lr_schedulers(), ref_logp=self._reference_log_probs(rollouts), advantages=advantages,
-            num_items=num_items, backward=self.manual_backward,
+            num_items=num_items, backward=self.manual_backward, chunk_size=self.chunk_size,
         )
         ends = [r.think_end for r in rollouts.results]
         entropies = [sum(r.entropy) / len(r.entropy) for r in rollouts.results if r.entropy]
@@ -328,8 +336,11 @@ class ContinuousCoTModule(SoftThinkingModule):
         params = [p for p in self.lm.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         trainer = self.trainer
-        total = trainer.max_steps if trainer.max_steps > 0 else \
-            int(trainer.estimated_stepping_batches) * self.algorithm.inner_epochs
+        inner = self.algorithm.inner_epochs
+        # A training step makes `inner` optimizer steps, and Lightning stops after the step that
+        # reaches max_steps: the run makes max_steps rounded up to a multiple of `inner`.
+        total = -(-trainer.max_steps // inner) * inner if trainer.max_steps > 0 else \
+            int(trainer.estimated_stepping_batches) * inner
         if self.warmup_steps >= total:
             rank_zero_info(f"warmup_steps={self.warmup_steps} >= the run's {total} optimizer steps: no cosine decay")
         scheduler = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, max(total, 1))

@@ -139,7 +139,8 @@ def rollout_log_probs(
     density: StepDensity | None = None,
     cot_weight: torch.Tensor | None = None,
     answer_weight: torch.Tensor | None = None,
-    temperature: float = 0.5,
+    temperature: float,
+    answer_temperature: float = 1.0,
     top_k: int = 0,
     chunk_size: int = 64,
 ) -> RolloutLogProbs:
@@ -162,7 +163,9 @@ def rollout_log_probs(
         answer_weight: ``[N, A]`` which answer-segment tokens count in ``answer`` (default
             ``answer_mask``): 0 for tokens that are fed but not chosen by the policy, such as
             the ``think_end`` tokens forced after the CoT.
-        temperature: ``tau`` of the CoT means (soft / fuzzy).
+        temperature: ``tau`` of the CoT means (soft / fuzzy), or of the sampled CoT tokens (hard);
+            no default, as both depend on it.
+        answer_temperature: The temperature the answer tokens were sampled at.
         top_k: The means' top-``k`` filter (0: full vocabulary).
         chunk_size: CoT steps per chunk of the mean computation.
 
@@ -199,12 +202,12 @@ def rollout_log_probs(
     last_cot = p - 1 + cot_mask.long().sum(-1, keepdim=True)  # [N, 1] the position before answer token 0
     answer_pos = torch.where(steps == 0, last_cot, p + t + steps - 1)
     answer_logits = logits.gather(1, answer_pos[..., None].expand(-1, -1, logits.shape[-1]))
-    answer_logp = _token_log_probs(answer_logits, answer_ids)
+    answer_logp = _token_log_probs(answer_logits / answer_temperature, answer_ids)
     answer_logp = answer_logp * (answer_mask if answer_weight is None else answer_weight)
 
     weight = cot_mask if cot_weight is None else cot_weight
     if cot_ids is not None:
-        cot_logp = _token_log_probs(cot_pred, cot_ids)
+        cot_logp = _token_log_probs(cot_pred / temperature, cot_ids)
         return RolloutLogProbs(cot_logp * weight, answer_logp, None, answer_logits)
     means = cot_means(cot_pred, embedding, temperature, top_k, chunk_size)
     cot_logp = density.log_prob(cot_inputs, means) * weight

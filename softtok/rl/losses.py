@@ -190,6 +190,9 @@ def policy_loss(
     for name, other in (("old_logp", old_logp), ("ref_logp", ref_logp)):
         if other is not None and other.shape != logp.shape:
             raise ValueError(f"{name} must have logp's shape {tuple(logp.shape)}; got {tuple(other.shape)}")
+    if epsilon_low is None and epsilon_high is not None:
+        raise ValueError(f"epsilon_high={epsilon_high!r} needs epsilon_low (clipping is on only when epsilon_low is "
+                         "set; DAPO's clip-higher is epsilon_low 0.2, epsilon_high 0.28)")
     epsilon_high = epsilon_low if epsilon_high is None else epsilon_high
     for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
         if value is not None and not (value >= 0 and math.isfinite(value)):

@@ -84,6 +84,9 @@ class RolloutConfig:
                              "fuzzy policies are Gaussian around the mean input")
         if self.tau <= 0:
             raise ValueError(f"temperature={self.temperature!r} must be > 0")
+        if not self.answer_temperature > 0:
+            raise ValueError(f"answer_temperature={self.answer_temperature!r} must be > 0: RL samples the answer "
+                             "from the policy (greedy answers are for evaluation: the *_greedy eval modes)")
         self.generation_config()  # validates the rest (budgets, think_end, stop strings, top_k)
 
     @property
@@ -101,7 +104,7 @@ class RolloutConfig:
     def eval_generation_config(self, mode: str) -> GenerationConfig:
         """The generator settings of an evaluation ``mode`` (one of :data:`EVAL_MODES`).
 
-        ``hard_*`` thinks in tokens (``greedy``: temperature 0, else the hard mode's 1.0);
+        ``hard_*`` thinks in tokens (``greedy``: temperature 0, else a hard config's ``tau``, 1.0 by default);
         ``soft_*`` feeds the mean mixture at this config's temperature and ``top_k`` (a
         ``hard`` policy: the soft mode's 0.5), with the training noise when ``sampled``.
         The answer is greedy in ``*_greedy`` and sampled at ``answer_temperature`` otherwise.
@@ -116,7 +119,8 @@ class RolloutConfig:
         thinking, sampling = mode.split("_")
         answer_temperature = self.answer_temperature if sampling == "sampled" else 0.0
         if thinking == "hard":
-            return self._generation("discrete", RL_MODES["hard"] if sampling == "sampled" else 0.0, answer_temperature)
+            tau = self.tau if self.mode == "hard" else RL_MODES["hard"]
+            return self._generation("discrete", tau if sampling == "sampled" else 0.0, answer_temperature)
         tau = RL_MODES["soft"] if self.mode == "hard" else self.tau
         noise = self.noise_factor if sampling == "sampled" else 0.0
         return self._generation("dense", tau, answer_temperature, noise_factor=noise, top_k=self.top_k)
@@ -130,11 +134,9 @@ class RolloutConfig:
             **{"top_k": 0, **extra},
         )
 
-    def density(self, model: PreTrainedModel) -> GaussianDensity | None:
-        """The CoT step density (``None`` for hard rollouts, whose CoT steps are tokens)."""
-        if self.mode == "hard":
-            return None
-        return GaussianDensity.from_embedding(model.get_input_embeddings(), self.noise_factor)
+    def density(self, sigma: float) -> GaussianDensity | None:
+        """The CoT step density for noise ``sigma`` (``None`` for hard rollouts, whose CoT steps are tokens)."""
+        return None if self.mode == "hard" else GaussianDensity(sigma)
 
 
 @dataclass
@@ -155,6 +157,9 @@ class RolloutBatch:
         seeds: Each row's seed.
         max_length: The most steps a rollout can take (CoT budget + ``think_end`` tokens +
             answer budget): ``dr_grpo``'s constant length.
+        sigma: The noise standard deviation the rollouts were made with (0 for hard ones). It is
+            set once, from the embedding RMS when the generator is built, and every log-density
+            of these rollouts (policy, old policy, reference) uses it.
     """
 
     prompt_ids: torch.Tensor
@@ -170,14 +175,19 @@ class RolloutBatch:
     results: list[GenerationResult]
     seeds: list[int]
     max_length: int
+    sigma: float
 
     def log_probs(self, model: PreTrainedModel, config: RolloutConfig, chunk_size: int = 64) -> RolloutLogProbs:
-        """The rollouts' log-probabilities under ``model`` (with gradients when enabled)."""
+        """The rollouts' log-probabilities under ``model`` (with gradients when enabled).
+
+        CoT tokens (hard) at ``config.tau`` and answer tokens at ``config.answer_temperature``:
+        the distributions they were sampled from.
+        """
         return rollout_log_probs(
             model, self.prompt_ids, self.prompt_mask, self.cot_mask, self.answer_ids, self.answer_mask,
-            cot_inputs=self.cot_inputs, cot_ids=self.cot_ids, density=config.density(model),
+            cot_inputs=self.cot_inputs, cot_ids=self.cot_ids, density=config.density(self.sigma),
             cot_weight=self.cot_weight, answer_weight=self.answer_weight, temperature=config.tau,
-            top_k=config.top_k, chunk_size=chunk_size,
+            answer_temperature=config.answer_temperature, top_k=config.top_k, chunk_size=chunk_size,
         )
 
 
@@ -240,5 +250,5 @@ def generate_rollouts(
     return RolloutBatch(
         to(enc.input_ids), to(enc.attention_mask), to(cot_inputs), to(cot_ids), to(cot_mask), to(cot_weight),
         to(answer_ids), to(answer_mask), to(answer_weight), [r.thinking + r.answer for r in results], results,
-        row_seeds, config.max_think_tokens + len(forced) + config.max_answer_tokens,
+        row_seeds, config.max_think_tokens + len(forced) + config.max_answer_tokens, generator.soft.sigma,
     )

@@ -75,13 +75,14 @@ class AlgorithmConfig:
                     epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, max_length=1)
 
 
-def sequence_log_probs(model: PreTrainedModel, batch: RolloutBatch, rollout: RolloutConfig
+def sequence_log_probs(model: PreTrainedModel, batch: RolloutBatch, rollout: RolloutConfig, chunk_size: int = 64
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, T + A]`` per-step log-probs of ``batch`` under ``model`` (CoT then answer) and their weights.
 
     With gradients when enabled; the weights are 1 on the steps the policy chose.
+    ``chunk_size``: CoT steps per chunk of the mean recompute.
     """
-    out = batch.log_probs(model, rollout)
+    out = batch.log_probs(model, rollout, chunk_size)
     logp = torch.cat([out.cot, out.answer], dim=1)
     weight = torch.cat([batch.cot_weight, batch.answer_weight], dim=1)
     return logp, weight
@@ -100,6 +101,7 @@ def policy_update(
     advantages: torch.Tensor | None = None,
     num_items: float | None = None,
     backward: Callable[[torch.Tensor], None] | None = None,
+    chunk_size: int = 64,
 ) -> dict[str, float]:
     """Update ``model`` on ``batch`` with ``rewards`` ``[N]``; returns what to log.
 
@@ -118,6 +120,7 @@ def policy_update(
         num_items: ``dapo``'s normaliser (the global number of chosen steps divided by the
             number of processes that average their gradients); ``None``: this batch's count.
         backward: Called with the loss instead of ``loss.backward()`` (Lightning's ``manual_backward``).
+        chunk_size: CoT steps per chunk of the log-prob recompute (memory ~ ``N x chunk x V``).
 
     Raises:
         ValueError: For rewards of the wrong length, a group size the estimator cannot use, or
@@ -135,10 +138,10 @@ def policy_update(
     old_logp = None
     if algorithm.inner_epochs > 1:
         with torch.no_grad():
-            old_logp, _ = sequence_log_probs(model, batch, rollout)
+            old_logp, _ = sequence_log_probs(model, batch, rollout, chunk_size)
     stats: dict[str, float] = {}
     for epoch in range(algorithm.inner_epochs):
-        logp, weight = sequence_log_probs(model, batch, rollout)
+        logp, weight = sequence_log_probs(model, batch, rollout, chunk_size)
         out = policy_loss(logp, adv, weight, old_logp=old_logp, loss_type=algorithm.loss_type,
                           epsilon_low=algorithm.epsilon_low, epsilon_high=algorithm.epsilon_high,
                           ref_logp=ref_logp, beta=algorithm.beta, max_length=batch.max_length, num_items=num_items)
