@@ -32,6 +32,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from softtok.generation.prefill import positions_from_mask
+from softtok.prompts._arch import supports_logits_to_keep
 from softtok.soft.embedding import embedding_rms, mixture_mean
 from softtok.soft.filters import working_dtype
 
@@ -191,16 +192,21 @@ def rollout_log_probs(
         raise ValueError(f"CoT inputs {tuple(cot_embeds.shape)} do not match cot_mask {tuple(cot_mask.shape)}")
     embeds = torch.cat([embedding(prompt_ids), cot_embeds.to(embedding.weight.dtype), embedding(answer_ids)], dim=1)
     mask = torch.cat([prompt_mask, cot_mask, answer_mask], dim=1).long()
+    # Only the logits from the prompt's last position on are needed: with ``logits_to_keep`` the
+    # model computes no others (as TRL does), else they are computed and cut off.
+    keep = t + a + 1
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it on
+    extra = {"logits_to_keep": keep} if supports_logits_to_keep(base) else {}
     logits = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask),
-                   use_cache=False).logits
+                   use_cache=False, **extra).logits[:, -keep:]  # column j: position p - 1 + j
 
     # The logits that predict CoT step j sit at the last real position before it: the prompt's
     # last position for j = 0, else CoT step j - 1 (the CoT is a prefix of its slots).
-    cot_pred = logits[:, p - 1:p - 1 + t]
+    cot_pred = logits[:, :t]
     # The answer's first token follows the row's last CoT step (or the prompt for T_i = 0).
     steps = torch.arange(a, device=logits.device)[None]
-    last_cot = p - 1 + cot_mask.long().sum(-1, keepdim=True)  # [N, 1] the position before answer token 0
-    answer_pos = torch.where(steps == 0, last_cot, p + t + steps - 1)
+    last_cot = cot_mask.long().sum(-1, keepdim=True)  # [N, 1] the column before answer token 0
+    answer_pos = torch.where(steps == 0, last_cot, t + steps)
     answer_logits = logits.gather(1, answer_pos[..., None].expand(-1, -1, logits.shape[-1]))
     answer_logp = _token_log_probs(answer_logits / answer_temperature, answer_ids)
     answer_logp = answer_logp * (answer_mask if answer_weight is None else answer_weight)
