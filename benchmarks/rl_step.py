@@ -377,7 +377,7 @@ def measure_memory(model, tokenizer, prompts: list[str], opts, think_end: str, e
                                     max_answer_tokens=opts.answer)
             batch = synthetic_batch(model, tokenizer, prompts, rollout, answer_positions, opts.device)
             peak = recompute_peak_bytes(model, batch, rollout, opts.chunk_size, opts.device)
-            logits = n * (prompt_tokens + t + answer_positions) * vocab * 4
+            logits = n * (t + answer_positions + 1) * vocab * 4  # the kept logits: prompt's last position on
             points.append({"think": t, "peak_mb": round(peak / 2**20, 3), "logits_fp32_mb": round(logits / 2**20, 3)})
         fit = linearity([p["think"] for p in points], [p["peak_mb"] for p in points])
         result["modes"][mode] = {"points": points, "fit": fit}
