@@ -58,7 +58,7 @@ import transformers
 
 from softtok.generation import SoftThinkingGenerator
 from softtok.rl import AlgorithmConfig, RolloutBatch, RolloutConfig, generate_rollouts, policy_update
-from softtok.soft.embedding import embedding_rms
+from softtok.rl.logprob import GaussianDensity
 
 MODELS = ("tiny", "smollm2-135m")
 MODES = ("hard", "soft", "fuzzy")
@@ -274,7 +274,8 @@ def synthetic_batch(model, tokenizer, prompts: list[str], rollout: RolloutConfig
     gen = torch.Generator().manual_seed(t)
     ids = torch.randint(0, weight.shape[0], (n, t), generator=gen)
     cot_ids = cot_inputs = None
-    sigma = 0.0 if rollout.mode == "hard" else rollout.noise_factor * embedding_rms(model.get_input_embeddings())
+    sigma = 0.0 if rollout.mode == "hard" else \
+        GaussianDensity.from_embedding(model.get_input_embeddings(), rollout.noise_factor).sigma
     if rollout.mode == "hard":
         cot_ids = ids.to(device)
     else:

@@ -160,6 +160,9 @@ def test_holdout_split_and_epoch_orders():
     assert [r["index"] for b in loader for r in b] == orders[0]
     with pytest.raises(ValueError, match="holdout=30 must leave training problems"):
         ReasoningDataModule(task="chain_sum", size=30, holdout=30)
+    # The held-out split decides which records are predicted: a resumed prediction run must match it.
+    assert dm.record_settings()["holdout"] == 5
+    assert "holdout" not in ReasoningDataModule(task="chain_sum", size=30).record_settings()
 
 
 def test_lightning_predict_yields_records():

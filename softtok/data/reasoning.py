@@ -86,6 +86,12 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{extra}")
 
 
+def _check_holdout(holdout: int, problems: int) -> None:
+    if holdout >= problems:
+        raise ValueError(f"holdout={holdout} must leave training problems: it must be < the number of problems "
+                         f"({problems})")
+
+
 class ReasoningDataModule(LightningDataModule):
     """Reasoning problems from a reasoning-gym task or a JSONL file, as raw records.
 
@@ -145,9 +151,8 @@ class ReasoningDataModule(LightningDataModule):
         _check_int("limit", limit, 1, allow_none=True)
         _check_int("num_workers", num_workers, 0)
         _check_int("holdout", holdout, 0)
-        if path is None and holdout >= min(size, limit or size):
-            raise ValueError(f"holdout={holdout} must leave training problems: it must be < the number of problems "
-                             f"({min(size, limit or size)})")
+        if path is None:  # a JSONL file's problems are counted when it is read
+            _check_holdout(holdout, min(size, limit or size))
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed={seed!r} must be an integer")
         if format not in FORMATS:
@@ -287,9 +292,7 @@ class ReasoningDataModule(LightningDataModule):
     def _ensure_loaded(self) -> list[dict[str, Any]]:
         if self._records is None:
             problems = self._load_jsonl() if self.path is not None else self._load_gym()
-            if self.holdout >= len(problems):
-                raise ValueError(f"holdout={self.holdout} must be < the number of problems ({len(problems)}), "
-                                 "so that some are left to train on")
+            _check_holdout(self.holdout, len(problems))
             self._records = [{**p, "sample": s} for p in problems for s in range(self.n_samples)]
         return self._records
 
@@ -321,10 +324,13 @@ class ReasoningDataModule(LightningDataModule):
     def record_settings(self) -> dict[str, Any]:
         """The settings that determine the records (for :class:`~softtok.callbacks.JsonlPredictionWriter`).
 
-        ``batch_size``, ``holdout`` and ``num_workers`` are left out; a JSONL file is identified by its
-        name (the records' ``task`` is its stem) and a SHA-256 of its content, not by its folder.
+        ``batch_size`` and ``num_workers`` are left out, and ``holdout`` when 0 (it selects which
+        records are predicted); a JSONL file is identified by its name (the records' ``task``
+        is its stem) and a SHA-256 of its content, not by its folder.
         """
         common = {"n_samples": self.n_samples, "limit": self.limit}
+        if self.holdout:
+            common["holdout"] = self.holdout
         if self.path is None:
             return {"task": self.task, "task_config": json_safe(self.task_config), "size": self.size,
                     "seed": self.seed, **common}
