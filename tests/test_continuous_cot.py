@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from tiny import QUESTIONS
+from tiny import QUESTIONS, tiny_model, tiny_tokenizer
 
 from softtok.cli import cli
 from softtok.data import ReasoningDataModule
@@ -164,6 +164,45 @@ def test_fit_then_test_through_the_cli(model_dir, problems, tmp_path, monkeypatc
     tested = cli(recipe_args("test", model_dir, problems, tmp_path, "--ckpt_path", str(last)))
     metrics = tested.trainer.callback_metrics
     assert metrics["test/soft_sampled/num_samples"] == 8 and metrics["test/hard_greedy/num_samples"] == 4
+    # The checkpoint evaluated with another model (other weights in a folder): refused before that model loads.
+    other = tmp_path / "other"
+    tiny_model("llama", seed=1).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    with pytest.raises(ValueError, match="was trained from model=.* set model to the checkpoint's"):
+        cli(recipe_args("test", str(other), problems, tmp_path, "--ckpt_path", str(last)))
+
+
+def test_predict_records_carry_the_eval_mode_settings(model_dir):
+    """`predict` writes the first eval mode's records, so its settings (a resumable output's key) are that mode's."""
+    greedy = make_module(model_dir, eval_modes=["soft_greedy"]).record_settings()["generation"]
+    sampled = make_module(model_dir, eval_modes=["soft_sampled"]).record_settings()["generation"]
+    assert greedy["answer_temperature"] == 0.0 and greedy["noise_factor"] == 0.0 and not greedy["record_inputs"]
+    assert sampled["noise_factor"] == ROLLOUT.get("noise_factor", 0.33) and sampled["answer_temperature"] == 1.0
+
+
+def test_save_pretrained_merges_lora(model_dir, tmp_path):
+    """The exported folder of a LoRA policy gives the policy's logits (adapters merged) to plain from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    from softtok.callbacks import SavePretrained
+
+    module = make_module(model_dir, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    module.load()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in module.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    trainer = type("T", (), {"is_global_zero": True})()
+    SavePretrained(str(tmp_path / "policy")).on_fit_end(trainer, module)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "policy").eval()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        ours, base = module.lm(input_ids=ids).logits, exported(input_ids=ids).logits
+        with module.lm.disable_adapter():
+            plain = module.lm(input_ids=ids).logits
+    torch.testing.assert_close(base, ours, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain, ours)  # the adapters matter, and are in the export
 
 
 @pytest.mark.slow
@@ -182,12 +221,13 @@ def test_ddp_fit_validates_every_problem_once(model_dir, problems, tmp_path, mon
     assert val["val/hard_greedy/num_samples"] == 4 and val["val/soft_sampled/num_samples"] == 8
 
 
-@pytest.mark.parametrize("recipe", ["hard", "soft", "fuzzy", "tiny"])
+@pytest.mark.parametrize("recipe", ["hard", "soft", "fuzzy", "tiny", "tiny_reasoner"])
 def test_recipes_parse(recipe):
     parsed = cli(["-c", os.path.join(RECIPES, f"{recipe}.yaml")], run=False)
     module = parsed.model
-    assert module.rollout.mode == {"tiny": "soft"}.get(recipe, recipe)
-    assert module.model_name == "smollm2-135m" and module._generator is None  # nothing loaded yet
+    assert module.rollout.mode == {"tiny": "soft", "tiny_reasoner": "soft"}.get(recipe, recipe)
+    assert module.model_name == ("tiny-reasoner" if recipe == "tiny_reasoner" else "smollm2-135m")
+    assert module._generator is None  # nothing loaded yet
 
 
 def test_pass_k_above_n_samples_fails_at_setup(model_dir, problems, tmp_path):

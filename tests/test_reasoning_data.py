@@ -226,3 +226,24 @@ def test_jsonl_errors(tmp_path, lines, fmt, match):
     dm = ReasoningDataModule(path=str(path), format=fmt)
     with pytest.raises(ValueError, match=match):
         dm.setup("predict")
+
+
+def test_validation_split_is_separate_and_training_drops_held_out_questions():
+    task_config = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}  # 200 distinct questions
+    dm = ReasoningDataModule(task="chain_sum", task_config=task_config, size=300, holdout=20, validation=10,
+                             n_samples=2)
+    test_ids = [r["index"] for r in dm.eval_records if r["sample"] == 0]
+    val_ids = [r["index"] for r in dm.val_records if r["sample"] == 0]
+    assert test_ids == list(range(280, 300)) and val_ids == list(range(270, 280))
+    assert [r for b in dm.val_dataloader() for r in b] == dm.val_records
+    assert [r for b in dm.test_dataloader() for r in b] == dm.eval_records
+    held_out = {r["question"] for r in dm.records[270 * 2:]}
+    train = dm.train_records
+    assert all(r["index"] < 270 and r["question"] not in held_out for r in train)
+    # Questions repeat here, so some training problems were dropped: exactly those with a held-out question.
+    kept = [r["index"] for r in dm.records[:270 * 2:2] if r["question"] not in held_out]
+    assert [r["index"] for r in train] == kept and len(kept) < 270
+    with pytest.raises(ValueError, match="holdout=20 \\+ validation=280 must leave training problems"):
+        ReasoningDataModule(task="chain_sum", size=300, holdout=20, validation=280)
+    with pytest.raises(ValueError, match="validation=5 needs a test split"):
+        ReasoningDataModule(task="chain_sum", size=300, validation=5)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from softtok.answers import check_answer
 from softtok.data.loading import EpochShuffleSampler, ResumableDataLoader, batches_done
@@ -67,9 +67,9 @@ def load_tokenizer(name_or_path: str | PreTrainedTokenizerBase) -> PreTrainedTok
     if isinstance(name_or_path, PreTrainedTokenizerBase):
         tokenizer = name_or_path
     else:
-        from softtok.models import model_path
+        from softtok.models import load_tokenizer as load_model_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path(name_or_path))
+        tokenizer = load_model_tokenizer(name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

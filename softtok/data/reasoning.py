@@ -86,10 +86,10 @@ def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) ->
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{extra}")
 
 
-def _check_holdout(holdout: int, problems: int) -> None:
-    if holdout >= problems:
-        raise ValueError(f"holdout={holdout} must leave training problems: it must be < the number of problems "
-                         f"({problems})")
+def _check_holdout(holdout: int, problems: int, validation: int = 0) -> None:
+    if holdout + validation >= problems:
+        what = f"holdout={holdout}" + (f" + validation={validation}" if validation else "")
+        raise ValueError(f"{what} must leave training problems: it must be < the number of problems ({problems})")
 
 
 class ReasoningDataModule(LightningDataModule):
@@ -118,8 +118,12 @@ class ReasoningDataModule(LightningDataModule):
             numbers them.
         batch_size: Records per batch, ``>= 1``.
         limit: Keep only the first ``limit`` problems (``None``: all).
-        holdout: The last ``holdout`` problems are the evaluation split (val / test / predict
+        holdout: The last ``holdout`` problems are the evaluation split (test / predict, and val
+            unless ``validation`` is set); training leaves out every question they contain
             loaders) and the others the training split; 0 (default): every loader has every problem.
+        validation: The ``validation`` problems before the last ``holdout`` are a separate
+            validation split (the val loader: choose settings on it, not on the test split);
+            training leaves out their questions too. 0: validation uses the ``holdout`` split.
         num_workers: DataLoader worker processes.
 
     Raises:
@@ -143,6 +147,7 @@ class ReasoningDataModule(LightningDataModule):
         limit: int | None = None,
         holdout: int = 0,
         num_workers: int = 0,
+        validation: int = 0,
     ) -> None:
         super().__init__()
         _check_int("size", size, 1)
@@ -151,8 +156,11 @@ class ReasoningDataModule(LightningDataModule):
         _check_int("limit", limit, 1, allow_none=True)
         _check_int("num_workers", num_workers, 0)
         _check_int("holdout", holdout, 0)
+        _check_int("validation", validation, 0)
+        if validation and not holdout:
+            raise ValueError(f"validation={validation} needs a test split: set holdout > 0 (the last problems)")
         if path is None:  # a JSONL file's problems are counted when it is read
-            _check_holdout(holdout, min(size, limit or size))
+            _check_holdout(holdout, min(size, limit or size), validation)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed={seed!r} must be an integer")
         if format not in FORMATS:
@@ -180,6 +188,7 @@ class ReasoningDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.limit = limit
         self.holdout = holdout
+        self.validation = validation
         self.num_workers = num_workers
         self._gym_dataset: Any = None
         self._entries: list[dict[str, Any]] | None = None
@@ -292,20 +301,34 @@ class ReasoningDataModule(LightningDataModule):
     def _ensure_loaded(self) -> list[dict[str, Any]]:
         if self._records is None:
             problems = self._load_jsonl() if self.path is not None else self._load_gym()
-            _check_holdout(self.holdout, len(problems))
+            _check_holdout(self.holdout, len(problems), self.validation)
             self._records = [{**p, "sample": s} for p in problems for s in range(self.n_samples)]
         return self._records
 
     @property
     def train_records(self) -> list[dict[str, Any]]:
-        """The training split: each problem once (``sample`` 0), the held-out problems left out."""
+        """The training split: each problem once (``sample`` 0), without the held-out problems or their questions.
+
+        Small task spaces repeat questions (200 distinct two-term single-digit sums), so a
+        problem whose question also occurs in the validation or test split is left out too.
+        """
         records = [r for r in self.records if r["sample"] == 0]
-        return records[:len(records) - self.holdout]
+        cut = len(records) - self.holdout - self.validation
+        held_out = {r["question"] for r in records[cut:]} if cut < len(records) else set()
+        return [r for r in records[:cut] if r["question"] not in held_out]
 
     @property
     def eval_records(self) -> list[dict[str, Any]]:
         """The evaluation split: the last ``holdout`` problems (all of them when 0), ``n_samples`` each."""
         return self.records[-self.holdout * self.n_samples:] if self.holdout else self.records
+
+    @property
+    def val_records(self) -> list[dict[str, Any]]:
+        """The validation split: the ``validation`` problems before the evaluation split, else the evaluation split."""
+        if not self.validation:
+            return self.eval_records
+        end = len(self.records) - self.holdout * self.n_samples
+        return self.records[end - self.validation * self.n_samples:end]
 
     def setup(self, stage: str | None = None) -> None:
         """Generate (reasoning-gym) or read (JSONL) the problems; idempotent."""
@@ -339,8 +362,8 @@ class ReasoningDataModule(LightningDataModule):
                 "question_field": self.question_field, "answer_field": self.answer_field, **common}
 
     # --------------------------------------------------------------- dataloaders
-    def _loader(self) -> DataLoader:
-        return DataLoader(RecordDataset(self.eval_records), batch_size=self.batch_size, shuffle=False,
+    def _loader(self, records: list[dict[str, Any]] | None = None) -> DataLoader:
+        return DataLoader(RecordDataset(self.eval_records if records is None else records), batch_size=self.batch_size, shuffle=False,
                           collate_fn=list, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
@@ -352,8 +375,8 @@ class ReasoningDataModule(LightningDataModule):
         return self._loader()
 
     def val_dataloader(self) -> DataLoader:
-        """Same as :meth:`predict_dataloader`."""
-        return self._loader()
+        """Unshuffled batches of :attr:`val_records` (the evaluation records unless ``validation`` is set)."""
+        return self._loader(self.val_records)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled batches of the training records (e.g. prompts for RL), resumable mid-epoch.

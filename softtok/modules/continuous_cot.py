@@ -33,9 +33,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
-from softtok.generation import SoftThinkingGenerator
+from softtok.generation import GenerationConfig, SoftThinkingGenerator
 from softtok.metrics import SoftThinkingMetrics
-from softtok.models import DEFAULT_MODEL, load_model, load_tokenizer
+from softtok.models import DEFAULT_MODEL, load_model, load_tokenizer, model_fingerprint
 from softtok.modules.soft_thinking import DEFAULT_SYSTEM_PROMPT, SoftThinkingModule
 from softtok.rl.losses import advantages as compute_advantages
 from softtok.rl.rewards import RewardFn, resolve_rewards, score_rewards
@@ -177,7 +177,25 @@ class ContinuousCoTModule(SoftThinkingModule):
         records = getattr(getattr(trainer, "datamodule", None), "train_records", None)
         if stage == "fit" and records:
             self.check_rewards(records[0])
+        if getattr(trainer, "ckpt_path", None):
+            self.check_checkpoint(trainer.ckpt_path)
         self.load()
+
+    def check_checkpoint(self, path: str) -> None:
+        """Refuse, before the model loads, a checkpoint trained from another model than ``model``.
+
+        Raises:
+            ValueError: Not a softtok continuous-CoT checkpoint, or one of another model (a name
+                or, for a local folder or ``tiny-reasoner``, other weights).
+        """
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        meta = checkpoint.get(META_KEY)
+        if meta is None:
+            raise ValueError(f"{path} is not a softtok continuous-CoT checkpoint (no {META_KEY!r} entry)")
+        theirs, ours = meta.get("fingerprint"), model_fingerprint(self.model_name)
+        if theirs is not None and theirs != ours:
+            raise ValueError(f"{path} was trained from model={meta.get('model')!r} ({theirs}), but this run's "
+                             f"model={self.model_name!r} is {ours}; set model to the checkpoint's")
 
     def check_rewards(self, record: Mapping[str, Any]) -> None:
         """Call every reward function once on a made-up completion of ``record`` (its reference answer).
@@ -326,6 +344,10 @@ class ContinuousCoTModule(SoftThinkingModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
+    def predict_generation(self) -> GenerationConfig:
+        """``predict`` writes the records of the first evaluation mode."""
+        return self.rollout.eval_generation_config(self.eval_modes[0])
+
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int = 0) -> list[dict[str, Any]]:
         """Records of the first evaluation mode."""
         return self.run(batch, generator=self.eval_generator(self.eval_modes[0]))
@@ -355,7 +377,8 @@ class ContinuousCoTModule(SoftThinkingModule):
         if self.lora is not None:
             keep = self._trained_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint[META_KEY] = {"model": self.model_name, "lora": self.lora, "mode": self.rollout.mode}
+        checkpoint[META_KEY] = {"model": self.model_name, "fingerprint": model_fingerprint(self.model_name),
+                                "lora": self.lora, "mode": self.rollout.mode}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint that lacks the weights this module trains."""

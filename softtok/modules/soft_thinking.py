@@ -186,7 +186,8 @@ class SoftThinkingModule(LightningModule):
         model is identified by :func:`~softtok.models.model_fingerprint` (a local folder by
         its weights, so retraining into the same folder is another model).
         """
-        generation = {k: v for k, v in dataclasses.asdict(self.generation).items() if k not in ENGINE_SETTINGS}
+        generation = {k: v for k, v in dataclasses.asdict(self.predict_generation()).items()
+                      if k not in ENGINE_SETTINGS}
         return {
             "model": model_fingerprint(self.model_name),
             "dtype": str(resolve_dtype(self.dtype_name)),
@@ -195,6 +196,10 @@ class SoftThinkingModule(LightningModule):
             "generation": generation,
             "seed": self.base_seed,
         }
+
+    def predict_generation(self) -> GenerationConfig:
+        """The generation settings of ``predict`` (here :attr:`generation`)."""
+        return self.generation
 
     # -------------------------------------------------------------- generation
     def _format(self, tokenizer: PreTrainedTokenizerBase, question: str) -> str:
