@@ -31,10 +31,25 @@ MODES = ("hard", "soft", "fuzzy")
 KS = (1, 8, 32)
 
 
-def metrics(path: Path) -> list[dict[str, float]]:
-    """The rows of a CSVLogger metrics.csv, numbers only (empty cells left out)."""
+def read_csv(path: Path) -> list[dict[str, float]]:
     with open(path) as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a CSVLogger metrics.csv, numbers only (empty cells left out).
+
+    A resumed run's earlier rows are in ``metrics.part<time>.csv`` beside it (the results
+    script moves them there: CSVLogger deletes the file of a log folder it reuses); they
+    come first, up to the step the resumed rows start from.
+    """
+    rows = read_csv(path)
+    start = min((r["step"] for r in rows), default=float("inf"))
+    for part in sorted(path.parent.glob("metrics.part*.csv"), reverse=True):
+        earlier = [r for r in read_csv(part) if r["step"] < start]
+        rows = earlier + rows
+        start = min((r["step"] for r in earlier), default=start)
+    return rows
 
 
 def last(rows: list[dict[str, float]], key: str) -> float:
@@ -44,6 +59,8 @@ def last(rows: list[dict[str, float]], key: str) -> float:
 def sweep(out: Path) -> tuple[dict[str, str], str]:
     """The chosen rate per mode and the sweep table."""
     results: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    base = out / "runs/base_val/lightning_logs/version_0/metrics.csv"
+    base_val = last(metrics(base), "val/hard_greedy/pass@1") if base.exists() else None
     for run in sorted((out / "runs").glob("*_s1")):
         mode, lr = re.fullmatch(r"(\w+?)_lr([\de.-]+)_s1", run.name).groups()
         path = run / "lightning_logs/version_0/metrics.csv"
@@ -57,6 +74,8 @@ def sweep(out: Path) -> tuple[dict[str, str], str]:
     steps = sorted({s for lrs in results.values() for curve in lrs.values() for s, _ in curve})
     lines = ["| mode | lr | " + " | ".join(f"val pass@1, step {s + 1}" for s in steps) + " | chosen |",
              "|---|---|" + "---|" * len(steps) + "---|"]
+    if base_val is not None:
+        lines.append(f"| base (no RL) | | {base_val:.3f} (before training) |" + " |" * len(steps))
     for mode in MODES:
         for lr in sorted(results.get(mode, {}), key=float):
             curve = dict(results[mode][lr])
@@ -107,12 +126,13 @@ def accuracy_tables(out: Path) -> str:
             runs = [read_jsonl(out / "eval" / f"{n}_{inference}_greedy.jsonl") for n in names]
             matrix = np.array([list(per_problem(r, 1).values()) for r in runs])
             greedy.append(cell(bootstrap(matrix)))
-            runs = [read_jsonl(out / "eval" / f"{n}_{inference}_sampled.jsonl") for n in names]
+            files = [out / "eval" / f"{n}_{inference}_sampled.jsonl" for n in names]
+            runs = [read_jsonl(f) for f in files if f.exists()]  # soft sampled: seed 1 only
+            note = "" if len(runs) == len(names) else f" ({len(runs)} seed)"
             for k in KS:
                 matrix = np.array([list(per_problem(r, k).values()) for r in runs])
-                sampled.append(cell(bootstrap(matrix)))
-            thinks = [[r["think_tokens"] for r in run] for run in runs]
-            length.append(f"{np.mean(thinks):.1f}")
+                sampled.append(cell(bootstrap(matrix)) + note)
+            length.append(f"{np.mean([[r['think_tokens'] for r in run] for run in runs]):.1f}{note}")
         label = f"{group} ({len(names)} seed{'s' if len(names) > 1 else ''})" if group != "base" else "base"
         rows_greedy.append(f"| {label} | " + " | ".join(greedy) + " |")
         rows_k.append(f"| {label} | " + " | ".join(sampled) + " |")
@@ -166,9 +186,13 @@ def plot(out: Path, chosen: dict[str, str], path: Path) -> None:
         ax_r.plot(np.arange(len(smooth)) + 10, smooth, color=color, label=f"{mode} (lr {chosen[mode]})")
         steps = [s for s, _ in vals[0]]
         ax_v.plot(steps, np.mean([[v for _, v in run] for run in vals], axis=0), "o-", color=color, label=mode)
-    ax_r.set(xlabel="optimizer step", ylabel="train reward (mean of 64 rollouts, 10-step average)",
-             title="Training reward, mean over seeds")
-    ax_v.set(xlabel="optimizer step", ylabel="validation greedy pass@1 (hard)", title="Validation, mean over seeds")
+    base = out / "runs/base_val/lightning_logs/version_0/metrics.csv"
+    if base.exists():
+        ax_v.axhline(last(metrics(base), "val/hard_greedy/pass@1"), color="gray", ls="--", label="base model")
+    ax_r.set(xlabel="optimizer step", ylabel="reward (10-step mean)",
+             title="Training reward (64 rollouts a step), mean of 3 seeds")
+    ax_v.set(xlabel="optimizer step", ylabel="greedy pass@1, hard inference", ylim=(0.3, 0.65),
+             title="Validation (100 problems), mean of 3 seeds")
     ax_r.legend()
     ax_v.legend()
     fig.tight_layout()

@@ -13,9 +13,9 @@ ST=.venv/bin/softtok
 PY=.venv/bin/python
 MODEL=$OUT/tiny-reasoner                    # this script's own copy of the tiny model (pretrain stage)
 RL=configs/continuous_cot/tiny_reasoner.yaml
-MODES=(hard soft fuzzy)
-LRS=(1e-4 3e-4 1e-3)                        # the validation sweep (seed 1)
-SEEDS=(1 2 3)
+read -ra MODES <<< "${MODES:-hard soft fuzzy}"   # training modes (env MODES overrides, e.g. MODES=hard)
+read -ra LRS <<< "${LRS:-3e-5 1e-4 3e-4}"        # the validation sweep's rates (seed 1)
+read -ra SEEDS <<< "${SEEDS:-1 2 3}"             # training seeds
 mkdir -p "$OUT/runs" "$OUT/eval" "$OUT/nll"
 QUIET=(--trainer.enable_progress_bar false --trainer.enable_model_summary false)
 
@@ -35,12 +35,21 @@ pretrain() {
 fit() {  # mode lr seed
   local name="$1_lr$2_s$3" dir="$OUT/runs/$1_lr$2_s$3"
   [ -f "$dir/lightning_logs/version_0/model/config.json" ] && { echo "skip $name (done)"; return; }
-  local resume=()
-  [ -f "$dir/lightning_logs/version_0/checkpoints/last.ckpt" ] && \
-    resume=(--ckpt_path "$dir/lightning_logs/version_0/checkpoints/last.ckpt")
+  local resume=() log="$dir/lightning_logs/version_0"
+  if [ -f "$log/checkpoints/last.ckpt" ]; then  # resume; CSVLogger would delete the rows logged so far: keep them
+    resume=(--ckpt_path "$log/checkpoints/last.ckpt")
+    [ -f "$log/metrics.csv" ] && mv "$log/metrics.csv" "$log/metrics.part$(date +%s).csv"
+  fi
   timed "fit_$name" $ST fit -c $RL "${QUIET[@]}" --model.init_args.model "$MODEL" --seed_everything "$3" \
     --model.init_args.rollout.mode "$1" --model.init_args.lr "$2" --trainer.default_root_dir "$dir" \
     --trainer.logger.init_args.save_dir "$dir" --trainer.logger.init_args.version 0 "${resume[@]}"
+}
+
+base_val() {  # the base model on the validation split (the sweep's reference)
+  local dir="$OUT/runs/base_val"
+  [ -f "$dir/lightning_logs/version_0/metrics.csv" ] && { echo "skip base_val (done)"; return; }
+  timed base_val $ST validate -c $RL "${QUIET[@]}" --model.init_args.model "$MODEL" \
+    --trainer.logger.init_args.save_dir "$dir" --trainer.logger.init_args.version 0
 }
 
 chosen_lr() {  # mode -> the sweep's choice (the report script writes chosen_lr.json)
@@ -86,9 +95,11 @@ SMOL=(--model.init_args.rollout.group_size 4 --model.init_args.rollout.max_think
 smol_fit() {  # mode
   local dir="$OUT/smollm2/$1"
   [ -f "$dir/lightning_logs/version_0/model/config.json" ] && { echo "skip smollm2 $1 (done)"; return; }
-  local resume=()
-  [ -f "$dir/lightning_logs/version_0/checkpoints/last.ckpt" ] && \
-    resume=(--ckpt_path "$dir/lightning_logs/version_0/checkpoints/last.ckpt")
+  local resume=() log="$dir/lightning_logs/version_0"
+  if [ -f "$log/checkpoints/last.ckpt" ]; then
+    resume=(--ckpt_path "$log/checkpoints/last.ckpt")
+    [ -f "$log/metrics.csv" ] && mv "$log/metrics.csv" "$log/metrics.part$(date +%s).csv"
+  fi
   timed "smollm2_fit_$1" $ST fit -c "configs/continuous_cot/$1.yaml" "${QUIET[@]}" "${SMOL[@]}" \
     --trainer.max_steps "$SMOL_STEPS" --trainer.default_root_dir "$dir" --trainer.logger.init_args.save_dir "$dir" \
     --trainer.logger.init_args.version 0 --trainer.callbacks+=softtok.callbacks.SavePretrained \
@@ -109,7 +120,7 @@ stages=${*:-pretrain sweep train eval nll}
 for stage in $stages; do
   case $stage in
     pretrain) pretrain ;;
-    sweep) for mode in "${MODES[@]}"; do for lr in "${LRS[@]}"; do fit "$mode" "$lr" 1; done; done ;;
+    sweep) base_val; for mode in "${MODES[@]}"; do for lr in "${LRS[@]}"; do fit "$mode" "$lr" 1; done; done ;;
     train) for mode in "${MODES[@]}"; do lr=$(chosen_lr "$mode"); for seed in "${SEEDS[@]}"; do fit "$mode" "$lr" "$seed"; done; done ;;
     eval) models | while IFS=$'\t' read -r name folder; do
             for inference in hard soft; do for sampling in greedy sampled; do

@@ -363,8 +363,9 @@ class ReasoningDataModule(LightningDataModule):
 
     # --------------------------------------------------------------- dataloaders
     def _loader(self, records: list[dict[str, Any]] | None = None) -> DataLoader:
-        return DataLoader(RecordDataset(self.eval_records if records is None else records), batch_size=self.batch_size, shuffle=False,
-                          collate_fn=list, num_workers=self.num_workers)
+        records = self.eval_records if records is None else records
+        return DataLoader(RecordDataset(records), batch_size=self.batch_size, shuffle=False, collate_fn=list,
+                          num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         """Unshuffled batches (lists) of the evaluation records, in input order."""

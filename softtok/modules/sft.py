@@ -5,10 +5,11 @@ Trains the in-repo reasoning model of the continuous-CoT results
 ``architecture`` with the character tokenizer of :mod:`softtok.tiny`, trained on
 :class:`~softtok.data.InstructDataModule` batches with ``target: solution`` (the loss is the
 cross-entropy of the worked solution and EOS; the prompt carries no loss), then saved in
-Hugging Face format by the recipe's :class:`~softtok.callbacks.SavePretrained` (``tiny-reasoner``,
-under ``$SOFTTOK_CACHE``), where the name loads it everywhere else. With ``architecture: null`` it loads ``model`` instead, so
-``softtok validate`` of this module measures any model's NLL on any task's worked solutions
-(the out-of-domain check of the results page).
+Hugging Face format by the recipe's :class:`~softtok.callbacks.SavePretrained`
+(``tiny-reasoner``, under ``$SOFTTOK_CACHE``), where the name loads it everywhere else.
+With ``architecture: null`` it loads ``model`` instead, so ``softtok validate`` of this
+module measures any model's NLL on any task's worked solutions (the out-of-domain check of
+the results page).
 
 Validation logs ``val/nll`` (nats per target token, summed over the whole split, so
 batches of different lengths weigh by their tokens) and ``val/accuracy``: greedy decoding of
