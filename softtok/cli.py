@@ -10,6 +10,23 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningCLI
 
 
+class SofttokCLI(LightningCLI):
+    """LightningCLI that checks a ``--ckpt_path`` against the model before the run starts.
+
+    A module with a ``check_checkpoint(path)`` method (e.g.
+    :class:`~softtok.modules.continuous_cot.ContinuousCoTModule`) gets the checkpoint
+    file first, so a checkpoint of another model fails before any weights load.
+    """
+
+    def _check_checkpoint(self) -> None:
+        path = self.config[self.subcommand].get("ckpt_path")
+        check = getattr(self.model, "check_checkpoint", None)
+        if path and callable(check) and path not in ("last", "best", "hpc", "registry"):
+            check(path)
+
+    before_fit = before_validate = before_test = before_predict = _check_checkpoint
+
+
 def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """Build (and by default run) the CLI; returns it, so tests and notebooks can inspect the trainer.
 
@@ -17,7 +34,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         args: Command-line arguments (``sys.argv[1:]`` when ``None``).
         run: Run the subcommand; with ``False`` only parse and instantiate.
     """
-    return LightningCLI(
+    return SofttokCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
         # Write no config.yaml into the working directory; `--print_config` shows the resolved config.

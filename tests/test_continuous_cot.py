@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from tiny import QUESTIONS, tiny_model, tiny_tokenizer
+from tiny import QUESTIONS, tiny_model
 
 from softtok.cli import cli
 from softtok.data import ReasoningDataModule
@@ -155,21 +155,26 @@ def recipe_args(subcommand, model_dir, problems, tmp_path, *extra):
 
 def test_fit_then_test_through_the_cli(model_dir, problems, tmp_path, monkeypatch):
     """`softtok fit -c configs/continuous_cot/tiny.yaml`, then `softtok test --ckpt_path last.ckpt`."""
+    import shutil
+
     monkeypatch.chdir(tmp_path)  # the recipe writes under outputs/
-    fitted = cli(recipe_args("fit", model_dir, problems, tmp_path))
+    base = str(shutil.copytree(model_dir, tmp_path / "base"))
+    fitted = cli(recipe_args("fit", base, problems, tmp_path))
     logged = fitted.trainer.callback_metrics
     assert {"train/reward_mean", "train/think_end_rate", "train/budget_rate", "train/entropy",
             "val/hard_greedy/pass@1", "val/soft_sampled/pass@2"} <= set(logged)
     last = tmp_path / "outputs/continuous_cot/tiny/lightning_logs/version_0/checkpoints/last.ckpt"
-    tested = cli(recipe_args("test", model_dir, problems, tmp_path, "--ckpt_path", str(last)))
+    tested = cli(recipe_args("test", base, problems, tmp_path, "--ckpt_path", str(last)))
     metrics = tested.trainer.callback_metrics
     assert metrics["test/soft_sampled/num_samples"] == 8 and metrics["test/hard_greedy/num_samples"] == 4
-    # The checkpoint evaluated with another model (other weights in a folder): refused before that model loads.
-    other = tmp_path / "other"
-    tiny_model("llama", seed=1).save_pretrained(other)
-    tiny_tokenizer().save_pretrained(other)
+    # The base model retrained in place (other weights, same folder): the checkpoint was trained from another
+    # model, and is refused before any model loads (the CLI takes the model name from the checkpoint).
+    tiny_model("llama", seed=1).save_pretrained(base)
+    loads = []
+    monkeypatch.setattr(ContinuousCoTModule, "load", lambda self: loads.append(1))
     with pytest.raises(ValueError, match="was trained from model=.* set model to the checkpoint's"):
-        cli(recipe_args("test", str(other), problems, tmp_path, "--ckpt_path", str(last)))
+        cli(recipe_args("test", base, problems, tmp_path, "--ckpt_path", str(last)))
+    assert not loads
 
 
 def test_predict_records_carry_the_eval_mode_settings(model_dir):

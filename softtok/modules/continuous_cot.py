@@ -177,24 +177,31 @@ class ContinuousCoTModule(SoftThinkingModule):
         records = getattr(getattr(trainer, "datamodule", None), "train_records", None)
         if stage == "fit" and records:
             self.check_rewards(records[0])
-        if getattr(trainer, "ckpt_path", None):
-            self.check_checkpoint(trainer.ckpt_path)
         self.load()
 
     def check_checkpoint(self, path: str) -> None:
-        """Refuse, before the model loads, a checkpoint trained from another model than ``model``.
+        """Refuse a checkpoint that this module cannot continue or evaluate, reading only the file.
+
+        The ``softtok`` CLI calls it before the run starts, so a wrong checkpoint fails before
+        the model loads; :meth:`on_load_checkpoint` checks the same when Lightning restores one.
 
         Raises:
-            ValueError: Not a softtok continuous-CoT checkpoint, or one of another model (a name
-                or, for a local folder or ``tiny-reasoner``, other weights).
+            ValueError: Not a softtok continuous-CoT checkpoint, one with other LoRA settings,
+                or one trained from another model (another name or, for a local folder or
+                ``tiny-reasoner``, other weights).
         """
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        meta = checkpoint.get(META_KEY)
+        self._check_meta(checkpoint.get(META_KEY), str(path))
+
+    def _check_meta(self, meta: Mapping[str, Any] | None, where: str) -> None:
         if meta is None:
-            raise ValueError(f"{path} is not a softtok continuous-CoT checkpoint (no {META_KEY!r} entry)")
+            raise ValueError(f"{where} is not a softtok continuous-CoT checkpoint (no {META_KEY!r} entry)")
+        if (meta.get("lora") is None) != (self.lora is None):
+            raise ValueError(f"{where} was trained with lora={meta.get('lora')!r}, this module has "
+                             f"lora={self.lora!r}; set the same lora settings to load it")
         theirs, ours = meta.get("fingerprint"), model_fingerprint(self.model_name)
         if theirs is not None and theirs != ours:
-            raise ValueError(f"{path} was trained from model={meta.get('model')!r} ({theirs}), but this run's "
+            raise ValueError(f"{where} was trained from model={meta.get('model')!r} ({theirs}), but this run's "
                              f"model={self.model_name!r} is {ours}; set model to the checkpoint's")
 
     def check_rewards(self, record: Mapping[str, Any]) -> None:
@@ -381,13 +388,8 @@ class ContinuousCoTModule(SoftThinkingModule):
                                 "lora": self.lora, "mode": self.rollout.mode}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint that lacks the weights this module trains."""
-        meta = checkpoint.get(META_KEY)
-        if meta is None:
-            raise ValueError(f"not a softtok continuous-CoT checkpoint (no {META_KEY!r} entry)")
-        if (meta.get("lora") is None) != (self.lora is None):
-            raise ValueError(f"the checkpoint was trained with lora={meta.get('lora')!r}, this module has "
-                             f"lora={self.lora!r}; set the same lora settings to load it")
+        """Refuse a checkpoint of another model or LoRA setting, or one lacking a trained weight."""
+        self._check_meta(checkpoint.get(META_KEY), "the checkpoint")
         self.load()
         missing = sorted(self._trained_keys() - set(checkpoint["state_dict"]))
         if missing:
