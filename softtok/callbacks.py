@@ -28,6 +28,7 @@ change only when predicting starts, after every other check has passed):
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -38,6 +39,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from softtok.data.reasoning import json_safe
+from softtok.models import save_pretrained_atomic
 
 #: Version of the ``<output>.settings.json`` layout.
 SETTINGS_FORMAT = 1
@@ -319,10 +321,6 @@ class SavePretrained(Callback):
         self.path = path
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        import copy
-
-        from softtok.models import save_pretrained_atomic
-
         if not trainer.is_global_zero:
             return
         lm = pl_module.lm

@@ -118,9 +118,9 @@ class ReasoningDataModule(LightningDataModule):
             numbers them.
         batch_size: Records per batch, ``>= 1``.
         limit: Keep only the first ``limit`` problems (``None``: all).
-        holdout: The last ``holdout`` problems are the evaluation split (test / predict, and val
-            unless ``validation`` is set); training leaves out every question they contain
-            loaders) and the others the training split; 0 (default): every loader has every problem.
+        holdout: The last ``holdout`` problems are the evaluation split (the test and predict
+            loaders, and val unless ``validation`` is set); the others are the training split,
+            less every problem whose question is held out. 0 (default): every loader has every problem.
         validation: The ``validation`` problems before the last ``holdout`` are a separate
             validation split (the val loader: choose settings on it, not on the test split);
             training leaves out their questions too. 0: validation uses the ``holdout`` split.
