@@ -44,8 +44,8 @@ WORDS = ("State", "the", "final", "answer", "to", "following", "arithmetic", "pr
          "Give", "only", "result", "as", "your", "Calculate", "What", "is")
 #: The default architecture of :data:`TINY_REASONER` (1.85 M parameters). GPT-2, not Llama: with
 #: learned absolute positions the operands of a question sit at fixed positions (the question's
-#: words are fixed), which the model learns to copy within a few hundred steps; the same-size
-#: Llama (rotary positions) was still at 4% greedy accuracy after 500 steps, GPT-2 at 16% after 600.
+#: words are fixed), which the model learns to copy within a few hundred steps; a same-size
+#: Llama (rotary positions) learned it much more slowly in a design probe.
 TINY_ARCHITECTURE: dict[str, Any] = {
     "model_type": "gpt2", "n_embd": 192, "n_layer": 4, "n_head": 4, "n_inner": 768, "n_positions": 256,
     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,

@@ -29,13 +29,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel
 
 from softtok.generation import GenerationConfig, SoftThinkingGenerator
 from softtok.metrics import SoftThinkingMetrics
 from softtok.models import DEFAULT_MODEL, load_model, load_tokenizer, model_fingerprint
+from softtok.modules.optim import adamw_cosine, check_optimizer_settings
 from softtok.modules.soft_thinking import DEFAULT_SYSTEM_PROMPT, SoftThinkingModule
 from softtok.rl.losses import advantages as compute_advantages
 from softtok.rl.rewards import RewardFn, resolve_rewards, score_rewards
@@ -117,13 +117,9 @@ class ContinuousCoTModule(SoftThinkingModule):
         if rollout.group_size < 2:
             raise ValueError(f"rollout.group_size={rollout.group_size} must be >= 2: {algorithm.estimator} compares "
                              "each rollout with the others of its prompt")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr={lr!r} must be a finite number > 0")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
-        for name, value, low in (("warmup_steps", warmup_steps, 0), ("chunk_size", chunk_size, 1)):
-            if isinstance(value, bool) or int(value) != value or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        check_optimizer_settings(lr, weight_decay, warmup_steps)
+        if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be an integer >= 1")
         if isinstance(eval_modes, str) or not list(eval_modes):
             raise ValueError(f"eval_modes={eval_modes!r} must be a list of at least one of {', '.join(EVAL_MODES)}")
         eval_modes = list(eval_modes)
@@ -363,17 +359,13 @@ class ContinuousCoTModule(SoftThinkingModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the trainable weights, linear warm-up then cosine decay to 0 over the run's optimizer steps."""
         params = [p for p in self.lm.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         trainer = self.trainer
         inner = self.algorithm.inner_epochs
         # A training step makes `inner` optimizer steps, and Lightning stops after the step that
         # reaches max_steps: the run makes max_steps rounded up to a multiple of `inner`.
         total = -(-trainer.max_steps // inner) * inner if trainer.max_steps > 0 else \
             int(trainer.estimated_stepping_batches) * inner
-        if self.warmup_steps >= total:
-            rank_zero_info(f"warmup_steps={self.warmup_steps} >= the run's {total} optimizer steps: no cosine decay")
-        scheduler = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, max(total, 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_cosine(params, self.lr, self.weight_decay, self.warmup_steps, total)
 
     # ------------------------------------------------------------ checkpoints
     def _trained_keys(self) -> set[str]:

@@ -19,18 +19,18 @@ the RL evaluation (``hard_greedy``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric, SumMetric
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from softtok.answers import extract_answer
 from softtok.generation import SoftThinkingGenerator
 from softtok.generation.generator import encode_think_end
 from softtok.models import load_model, load_tokenizer, resolve_dtype
+from softtok.modules.optim import adamw_cosine, check_optimizer_settings
 from softtok.rl.rollout import RolloutConfig
 from softtok.tiny import THINK_END, tiny_config
 
@@ -73,12 +73,7 @@ class SFTModule(LightningModule):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model={model!r} must be a non-empty name, folder or hub id")
         resolve_dtype(dtype)
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr={lr!r} must be a finite number > 0")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0")
-        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
-            raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+        check_optimizer_settings(lr, weight_decay, warmup_steps)
         self.generation = RolloutConfig(mode="hard", think_end=think_end, max_think_tokens=max_think_tokens,
                                         max_answer_tokens=max_answer_tokens, stop_strings=("\n",)
                                         ).eval_generation_config("hard_greedy")  # validates budgets, think_end
@@ -144,8 +139,6 @@ class SFTModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (betas 0.9 / 0.95), linear warm-up then cosine to 0 at ``max_steps``."""
-        optimizer = torch.optim.AdamW(self.lm.parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                                      betas=(0.9, 0.95))
         total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, max(total, 1))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_cosine(self.lm.parameters(), self.lr, self.weight_decay, self.warmup_steps, total,
+                            betas=(0.9, 0.95))
