@@ -23,6 +23,7 @@ from softtok.soft import (
     HardMixer,
     Mixer,
     MixtureOfInputsMixer,
+    MultiplexMixer,
     SoftEmbedding,
     SoftToken,
     TopKMixer,
@@ -250,7 +251,8 @@ def test_mix_wraps_forward() -> None:
 
 
 def test_build_mixer_by_name() -> None:
-    assert set(MIXERS) == {"topk", "dirichlet", "gumbel", "moi", "hard"}
+    assert set(MIXERS) == {"topk", "dirichlet", "gumbel", "moi", "hard", "multiplex"}
+    assert isinstance(build_mixer("multiplex", width=2, merge="mean"), MultiplexMixer)
     assert isinstance(build_mixer("topk", max_topk=3), TopKMixer)
     mixer = build_mixer("dirichlet", max_topk=5, alpha=2.0)
     assert isinstance(mixer, DirichletMixer) and mixer.alpha == 2.0 and mixer.max_topk == 5
@@ -272,6 +274,10 @@ def test_build_mixer_by_name() -> None:
         (lambda: GumbelMixer(tau=0.0), "tau=0.0"),
         (lambda: GumbelMixer(tau=-0.5), "tau=-0.5"),
         (lambda: MixtureOfInputsMixer(beta=-1.0), "beta=-1.0"),
+        (lambda: MultiplexMixer(width=0), "width=0"),
+        (lambda: MultiplexMixer(width=-2), "width=-2"),
+        (lambda: MultiplexMixer(width=1.5), "width=1.5"),
+        (lambda: MultiplexMixer(merge="sum"), "merge='sum'"),
     ],
 )
 def test_bad_mixer_values_raise(build, named: str) -> None:
@@ -475,3 +481,85 @@ def test_generator_dirichlet_small_alpha_embeddings_are_not_collapsed(arch: str,
         torch.testing.assert_close(norms, mixed.norm(dim=-1), atol=1e-5, rtol=1e-4)
         row_norms = (normalised * rows.norm(dim=-1)).sum(-1)
         assert (norms >= 0.1 * row_norms).all(), (norms, row_norms)
+
+
+# --- Multiplex Thinking -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [FilterConfig(1.0), FilterConfig(0.6, 30, 0.95, 0.001)], ids=str)
+def test_multiplex_width_one_is_discrete_sampling(cfg: FilterConfig) -> None:
+    """Width 1 draws exactly the token HardMixer(sample=True) draws from the same row seeds, with weight 1."""
+    torch.manual_seed(0)
+    logits = torch.randn(256, 40) * 2
+    embedding = nn.Embedding(40, 6)
+    rng = RowRandom(torch.arange(256) + 11)
+    multiplex = SoftEmbedding(embedding, cfg, MultiplexMixer(1))(logits, rng)
+    hard = SoftEmbedding(embedding, cfg, HardMixer(sample=True))(logits, rng)
+    assert torch.equal(multiplex.token.ids, hard.token.ids) and torch.equal(multiplex.embeds, hard.embeds)
+    assert torch.equal(multiplex.token.weights, torch.ones(256, 1))
+
+
+@pytest.mark.parametrize("merge", ["mean", "weighted"])
+def test_multiplex_embedding_is_the_merge_of_the_sampled_rows(merge: str) -> None:
+    """The fed embedding is the mean of the sampled rows (or their probability-weighted mean), computed by hand."""
+    torch.manual_seed(1)
+    vocab, width = 30, 4
+    logits = torch.randn(64, vocab) * 2
+    embedding = nn.Embedding(vocab, 5)
+    mixer = MultiplexMixer(width, merge)
+    step = SoftEmbedding(embedding, FilterConfig(1.0), mixer)(logits, RowRandom(torch.arange(64)))
+    ids = step.token.ids
+    assert ids.shape == (64, width)
+    rows = embedding.weight[ids].detach()  # [B, W, D]
+    if merge == "mean":
+        expected = rows.mean(1)
+    else:
+        p = torch.softmax(logits, -1).gather(-1, ids)  # the samples' probabilities
+        expected = (p[:, :, None] * rows).sum(1) / p.sum(1, keepdim=True)
+    torch.testing.assert_close(step.embeds, expected, atol=1e-6, rtol=1e-5)
+    assert (ids[:, 0] == step.token.top1).all()  # the shown token is the first sample
+    assert (ids[:, 0] != ids[:, 1]).any() and (ids[:, 0] == ids[:, 1]).any()  # independent draws, with replacement
+
+
+@pytest.mark.parametrize("cfg", [FilterConfig(1.0, 0, 0.9, 0.0), FilterConfig(0.6, 5, 1.0, 0.0)], ids=str)
+def test_multiplex_samples_follow_the_filtered_distribution(cfg: FilterConfig) -> None:
+    """Every one of the W slots is a draw of HF's filtered distribution (chi-square), and two slots are independent:
+    their joint frequencies match p_i p_j (chi-square on the pairs)."""
+    from scipy.stats import chi2
+
+    vocab, n, width = 12, N_DRAWS, 3
+    torch.manual_seed(2)
+    logits = (torch.randn(1, vocab) * 1.5).expand(n, -1)
+    soft = SoftEmbedding(nn.Embedding(vocab, 4), cfg, MultiplexMixer(width, "mean"))
+    ids, _, _ = soft.mix_logits(logits, RowRandom(torch.arange(n)))
+    expected = hf_filtered(logits[:1], cfg)[0].double()
+    support = expected > 0
+    for slot in range(width):
+        freq = torch.bincount(ids[:, slot], minlength=vocab).double() / n
+        assert (freq[~support] == 0).all()
+        stat = (((freq - expected) ** 2 / expected)[support]).sum() * n
+        assert stat < chi2.isf(1e-5, int(support.sum()) - 1), (slot, stat)
+    pairs = torch.bincount(ids[:, 0] * vocab + ids[:, 1], minlength=vocab * vocab).double().reshape(vocab, vocab) / n
+    joint = expected[:, None] * expected[None, :]
+    cells = joint > 0
+    stat = (((pairs - joint) ** 2 / joint)[cells]).sum() * n
+    assert stat < chi2.isf(1e-5, int(cells.sum()) - 1), stat
+
+
+def test_multiplex_through_the_generator_shows_the_first_sample(tokenizer) -> None:
+    """In the engine: the shown (thinking) token of each step is the mixture's first sample, rows are
+    reproducible by seed, and width 1 decodes exactly like discrete sampling with the same seeds."""
+    model = tiny_model("llama")
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, max_think_tokens=12, max_answer_tokens=4,
+              think_end="</think>")
+    prompts, seeds = ["ab", "hello 1", "x"], [3, 4, 5]
+    cfg = GenerationConfig(mode="multiplex", width=3, return_topk=True, **kw)
+    results = SoftThinkingGenerator(model, tokenizer, cfg).generate(prompts, seeds=seeds)
+    again = SoftThinkingGenerator(model, tokenizer, cfg).generate(prompts, seeds=seeds)
+    for r, r2 in zip(results, again, strict=True):
+        assert r.think_ids == [ids[0] for ids in r.topk_ids] and len(r.topk_ids[0]) == 3
+        assert r.think_ids == r2.think_ids and r.topk_weights == r2.topk_weights
+    one = SoftThinkingGenerator(model, tokenizer, GenerationConfig(mode="multiplex", width=1, **kw))
+    discrete = SoftThinkingGenerator(model, tokenizer, GenerationConfig(mode="discrete", **kw))
+    for a, b in zip(one.generate(prompts, seeds=seeds), discrete.generate(prompts, seeds=seeds), strict=True):
+        assert (a.think_ids, a.answer_ids) == (b.think_ids, b.answer_ids)

@@ -17,6 +17,7 @@ from softtok.soft.mixers import (
     HardMixer,
     Mixer,
     MixtureOfInputsMixer,
+    MultiplexMixer,
     TopKMixer,
     build_mixer,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "HardMixer",
     "Mixer",
     "MixtureOfInputsMixer",
+    "MultiplexMixer",
     "RowRandom",
     "SoftEmbedding",
     "SoftStep",

@@ -1,8 +1,9 @@
 """Mixers: turn filtered candidates into the :class:`SoftToken` fed to the model.
 
 Every mixer is a small ``nn.Module`` whose ``forward(ids, weights)`` takes sorted,
-renormalised candidates ``[B, C]`` and returns sorted mixture components ``[B, K]``
-(weights >= 0, rows summing to 1, in the dtype of ``weights``). Tensors in, tensors out,
+renormalised candidates ``[B, C]`` and returns mixture components ``[B, K]``
+(weights >= 0, rows summing to 1, in the dtype of ``weights``), sorted by weight except
+:class:`MultiplexMixer`'s, which keep sample order; ``ids[:, 0]`` is always the shown token. Tensors in, tensors out,
 no Python-side data dependence: each mixer compiles to one graph. Random mixers draw from
 a :class:`~softtok.soft.random.RowRandom` (``forward(ids, weights, rng)``): a row's draws
 depend only on its seed and step, never on the other rows of the batch. Without ``rng``
@@ -225,17 +226,61 @@ class HardMixer(Mixer):
         return chosen, torch.ones_like(chosen, dtype=weights.dtype)
 
 
+#: How :class:`MultiplexMixer` merges its samples.
+MULTIPLEX_MERGES = ("weighted", "mean")
+
+
+class MultiplexMixer(Mixer):
+    """Multiplex Thinking: ``width`` independent samples from the filtered distribution, merged.
+
+    Multiplex Thinking (Tang et al. 2026, ``GMLR-Penn/Multiplex-Thinking``, its sglang
+    sampler's ``enable_replacement`` path) draws ``width`` tokens ``s_1..s_W`` independently
+    (with replacement) from the filtered candidates and feeds the merge of their
+    embeddings: probability-weighted, ``w_j = p(s_j) / sum_i p(s_i)`` (``merge="weighted"``,
+    the default of its evaluation scripts), or the plain mean, ``w_j = 1 / W``
+    (``merge="mean"``, its ``enable_unweighting``). A token drawn twice appears as two
+    components, so it counts twice. The components are returned in **sample order**, not
+    sorted: ``ids[:, 0]``, the shown token, is the first sample, as in the reference. With
+    ``width=1`` the one sample is exactly :class:`HardMixer` sampling from the same stream.
+
+    Args:
+        width: Samples per step ``W`` (the reference's ``multiplex_width``, default 3), >= 1.
+        merge: ``weighted`` or ``mean``.
+
+    Raises:
+        ValueError: For ``width`` < 1 or an unknown ``merge``.
+    """
+
+    def __init__(self, width: int = 3, merge: str = "weighted") -> None:
+        if int(width) != width or width < 1:
+            raise ValueError(f"width={width!r} must be an integer >= 1 (samples merged per step)")
+        if merge not in MULTIPLEX_MERGES:
+            raise ValueError(f"merge={merge!r} is unknown; allowed: {', '.join(MULTIPLEX_MERGES)}")
+        super().__init__(width)
+        self.merge = merge
+
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor, rng: RowRandom | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        picks = _rows(rng, weights).categorical(weights, self.max_topk)  # [B, W] positions in the candidates
+        if self.merge == "mean":
+            merged = torch.full(picks.shape, 1.0 / self.max_topk, dtype=weights.dtype, device=weights.device)
+        else:
+            merged = renormalize(weights.gather(-1, picks))  # (computed in at least float32)
+        return ids.gather(-1, picks), merged
+
+
 MIXERS: dict[str, type[Mixer]] = {
     "topk": TopKMixer,
     "dirichlet": DirichletMixer,
     "gumbel": GumbelMixer,
     "moi": MixtureOfInputsMixer,
     "hard": HardMixer,
+    "multiplex": MultiplexMixer,
 }
 
 
 def build_mixer(name: str, **kwargs) -> Mixer:
-    """Build a mixer by name: one of ``topk``, ``dirichlet``, ``gumbel``, ``moi``, ``hard``.
+    """Build a mixer by name: one of ``topk``, ``dirichlet``, ``gumbel``, ``moi``, ``hard``, ``multiplex``.
 
     Args:
         name: Mixer name.

@@ -148,15 +148,17 @@ class RowRandom:
         """Standard Gumbel draws ``-log(-log U)``, ``[B, *shape]`` float64."""
         return -torch.log(-torch.log(self.uniform(*shape)))
 
-    def categorical(self, weights: torch.Tensor) -> torch.Tensor:
-        """One index per row drawn with probability proportional to ``weights`` ``[B, C]`` (>= 0): ``[B, 1]``.
+    def categorical(self, weights: torch.Tensor, n: int = 1) -> torch.Tensor:
+        """``n`` independent indices per row, each drawn with probability proportional to ``weights``
+        ``[B, C]`` (>= 0): ``[B, n]`` (with replacement).
 
         Inverse CDF in float64: the first index whose cumulative weight exceeds ``U * total``.
-        An index of zero weight is never drawn; a row with no weight gives index 0.
+        An index of zero weight is never drawn; a row with no weight gives index 0. The
+        draws are :meth:`uniform` ``(n)``, so ``n = 1`` is the single draw of the same stream.
         """
         cdf = torch.cumsum(weights.double(), dim=-1)
-        target = self.uniform(1) * cdf[:, -1:]
-        index = (cdf <= target).sum(-1, keepdim=True)
+        target = self.uniform(n) * cdf[:, -1:]  # [B, n]
+        index = (cdf[:, None, :] <= target[:, :, None]).sum(-1)
         # Rounding can put the target on the total: fall back to the last index with weight.
         positive = weights > 0
         last = weights.shape[-1] - 1 - positive.flip(-1).int().argmax(-1, keepdim=True)
