@@ -119,10 +119,26 @@ def test_soft_thinking_metrics():
     assert out["mean_think_tokens"] == pytest.approx(20.0)
     assert out["mean_answer_tokens"] == pytest.approx(5.0)
     assert out["mean_entropy"] == pytest.approx(1.0)  # None / NaN entropies are left out
-    for end in THINK_ENDS:
+    for end in ("think_end", "cold_stop", "budget", "eos"):
         assert out[f"{end}_rate"] == pytest.approx(0.25)
+    assert out["switch_limit_rate"] == 0.0 and set(THINK_ENDS) == {"think_end", "cold_stop", "budget", "eos",
+                                                                   "switch_limit"}
+    assert "mean_latent_fraction" not in out and "mean_switch_count" not in out  # no SwiReasoning rows
     assert out["num_samples"] == 4 and out["num_problems"] == 2
     assert all(isinstance(v, float) for v in out.values())
+
+
+def test_soft_thinking_metrics_swir_fields():
+    """SwiReasoning rows carry latent_fraction and switch_count: means over the rows that have them."""
+    metric = SoftThinkingMetrics()
+    rows = [_result(0, True, "switch_limit", sample=0), _result(0, False, "eos", sample=1), _result(1, True, "budget")]
+    rows[0].update(latent_fraction=0.25, switch_count=3)
+    rows[1].update(latent_fraction=0.5, switch_count=1)
+    rows[2].update(latent_fraction=None, switch_count=None)
+    metric.update(rows)
+    out = metric.compute()
+    assert out["mean_latent_fraction"] == pytest.approx(0.375) and out["mean_switch_count"] == pytest.approx(2.0)
+    assert out["switch_limit_rate"] == pytest.approx(1 / 3)
 
 
 def test_soft_thinking_metrics_merge_state_like_ddp():

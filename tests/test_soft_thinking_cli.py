@@ -69,6 +69,29 @@ def test_test_subcommand_logs_metrics(model_dir, data_file, tmp_path):
     assert 0 < metrics["mean_think_tokens"] <= 12
 
 
+@pytest.mark.parametrize("recipe", ["swir", "multiplex"])
+def test_swir_and_multiplex_recipes_predict_and_test(model_dir, data_file, tmp_path, recipe):
+    """The two recipes run end to end on a tiny model; SwiReasoning rows carry their latent statistics, which the
+    test metrics average (window 2 so that rows switch within the 12-step budget)."""
+    out = tmp_path / "pred.jsonl"
+    recipe_args = args("predict", model_dir, data_file, out, "--model.init_args.generation.window_size", "2",
+                       "--model.init_args.keep_trace", "true", "--model.init_args.generation.return_topk", "true")
+    recipe_args[2] = os.path.join(ROOT, "configs", "soft_thinking", f"{recipe}.yaml")
+    cli(recipe_args)
+    records = read_jsonl(out)
+    assert len(records) == len(QUESTIONS)
+    for r in records:
+        if recipe == "swir":
+            flags = r["latent"]
+            assert r["latent_fraction"] == pytest.approx(sum(flags) / len(flags) if flags else 0.0)
+            assert sum(r["latent_segments"]) == sum(flags) and r["switch_count"] >= 0
+        else:
+            assert "latent_fraction" not in r and all(len(ids) == 3 for ids in r["topk_ids"])
+    recipe_args[0] = "test"
+    metrics = cli(recipe_args).trainer.callback_metrics
+    assert ("mean_latent_fraction" in metrics) == (recipe == "swir")
+
+
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """Fail the test if the model weights load or the generator runs (a check came too late)."""

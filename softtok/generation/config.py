@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from softtok.soft.filters import FilterConfig, check_range
+from softtok.soft.mixers import MULTIPLEX_MERGES
 
 #: KV-cache kinds of the decode engine.
 CACHES = ("dynamic", "static")
@@ -17,7 +18,12 @@ MODES = {
     "gumbel": "gumbel",  # Gumbel-Softmax Soft Thinking
     "moi": "moi",  # Mixture of Inputs
     "dense": "topk",  # the whole tempered distribution (softmax(logits / T) @ E), e.g. continuous-CoT RL rollouts
+    "multiplex": "multiplex",  # Multiplex Thinking: `width` independent samples, their embeddings merged
+    "swir": "hard",  # SwiReasoning: latent softmax(logits) @ E or an explicit sampled token, switched by entropy
 }
+
+#: Where a SwiReasoning row starts thinking.
+START_MODES = ("latent", "explicit")
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,13 @@ class GenerationConfig:
             tempered distribution ``softmax(logits / T) @ E``, restricted to ``top_k`` when set,
             as the continuous-CoT rollouts of "Soft Tokens, Hard Truths" feed it; ``max_topk``
             components are still recorded and the top-1 is shown; needs ``top_p: 1.0`` and
-            ``min_p: 0.0``).
-        temperature: Thinking temperature (0 = greedy; only ``discrete`` allows 0).
+            ``min_p: 0.0``), ``multiplex`` (Multiplex Thinking: ``width`` tokens sampled
+            from the filtered distribution, their embeddings merged) or ``swir`` (SwiReasoning:
+            each row switches between latent steps, the untempered ``softmax(logits) @ E``, and
+            explicit steps, a token sampled with the thinking filters, by the entropy trend;
+            see :mod:`softtok.generation.swir`).
+        temperature: Thinking temperature (0 = greedy; only ``discrete`` and ``swir``, whose
+            explicit steps then take the argmax, allow 0).
         top_k: Thinking top-k filter (0 disables).
         top_p: Thinking nucleus filter in (0, 1].
         min_p: Thinking min-p filter in [0, 1].
@@ -38,6 +49,22 @@ class GenerationConfig:
         alpha: Dirichlet concentration scale (``dirichlet``).
         tau: Gumbel-Softmax temperature (``gumbel``).
         beta: Sampled-token weight (``moi``).
+        width: Tokens sampled and merged per step (``multiplex``; the reference's 3).
+        merge: ``weighted`` (by the samples' probabilities, the reference scripts' default) or
+            ``mean`` (``multiplex``).
+        think_start: The think-start marker whose embedding is blended into the input when a
+            ``swir`` row enters latent thinking (``alpha0 < 1``).
+        alpha0: ``swir`` blend coefficient of the latent input at a switch to latent thinking,
+            annealed linearly to 1 over ``max_think_tokens``; the reference code's default 1.0
+            (no blend), its scripts tune it per model and dataset (0.1-1.0).
+        beta0: ``swir`` blend coefficient at a switch to explicit thinking (the rest is the
+            ``think_end`` marker's embedding), annealed the same way; the reference's 0.7.
+        window_size: ``swir``: explicit steps a row takes before it may return to latent (512).
+        max_switch_count: ``swir``: the latent-to-explicit switch with this number forces
+            ``think_end`` instead (the reference injects ``</think>`` there); ``None``: no limit.
+        start_mode: ``swir``: ``latent`` (the reference) or ``explicit``.
+        switching: ``swir``: switch by the entropy trend; ``False`` keeps every row in
+            ``start_mode`` (all-latent or all-explicit thinking).
         noise_factor: Gaussian embedding noise, as a multiple of the embedding RMS.
         think_end: String that ends thinking when it appears in the top-1 text stream.
         max_think_tokens: Thinking budget; then ``think_end`` is forced.
@@ -78,6 +105,15 @@ class GenerationConfig:
     alpha: float = 4.0
     tau: float = 0.5
     beta: float = 1.0
+    width: int = 3
+    merge: str = "weighted"
+    think_start: str = "<think>"
+    alpha0: float = 1.0
+    beta0: float = 0.7
+    window_size: int = 512
+    max_switch_count: int | None = None
+    start_mode: str = "latent"
+    switching: bool = True
     noise_factor: float = 0.0
     think_end: str = "</think>"
     max_think_tokens: int = 256
@@ -101,9 +137,10 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is unknown; allowed: {', '.join(MODES)}")
-        if self.mode != "discrete" and self.temperature == 0:
-            raise ValueError(f"temperature=0 is only allowed in mode 'discrete' (mode={self.mode!r}); use > 0")
-        for name in ("max_think_tokens", "cold_stop_length", "sync_every"):
+        if self.mode not in ("discrete", "swir") and self.temperature == 0:
+            raise ValueError(f"temperature=0 is only allowed in modes 'discrete' and 'swir' (mode={self.mode!r}); "
+                             "use > 0")
+        for name in ("max_think_tokens", "cold_stop_length", "sync_every", "window_size", "width"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
@@ -119,9 +156,10 @@ class GenerationConfig:
             raise ValueError(f"stop_strings={strings!r} must be a list of non-empty strings, e.g. ['\\n'] "
                              "(a bare string would stop at any of its characters, an empty one at once)")
         object.__setattr__(self, "stop_strings", tuple(strings))  # lists (YAML, dicts) become the declared tuple
-        if self.probe and (self.mode == "discrete" or self.max_topk < 2):
-            raise ValueError(f"probe=True needs a soft mode with max_topk >= 2 (mode={self.mode!r}, "
-                             f"max_topk={self.max_topk})")
+        if self.probe and (self.mode == "discrete" or (self.width if self.mode == "multiplex" else self.max_topk) < 2):
+            raise ValueError(f"probe=True needs a soft mode with max_topk >= 2, or width >= 2 in mode 'multiplex' "
+                             f"(mode={self.mode!r}, max_topk={self.max_topk}, width={self.width})")
+        self._check_swir()
         if self.mode == "dense" and (self.top_p < 1.0 or self.min_p > 0.0):
             raise ValueError(f"mode='dense' embeds the whole tempered distribution (top_k may restrict it): set "
                              f"top_p: 1.0 and min_p: 0.0 (got top_p={self.top_p}, min_p={self.min_p})")
@@ -140,6 +178,24 @@ class GenerationConfig:
             _ = self.answer_filters
         except ValueError as err:
             raise ValueError(f"answer_{err}") from None
+
+    def _check_swir(self) -> None:
+        """The SwiReasoning and Multiplex settings (checked in every mode: a recipe's typo fails early)."""
+        if self.merge not in MULTIPLEX_MERGES:
+            raise ValueError(f"merge={self.merge!r} is unknown; allowed: {', '.join(MULTIPLEX_MERGES)}")
+        if self.start_mode not in START_MODES:
+            raise ValueError(f"start_mode={self.start_mode!r} is unknown; allowed: {', '.join(START_MODES)}")
+        for name in ("alpha0", "beta0"):
+            check_range(name, getattr(self, name), 0.0, 1.0)
+        count = self.max_switch_count
+        if count is not None and (isinstance(count, bool) or int(count) != count or count < 1):
+            raise ValueError(f"max_switch_count={count!r} must be an integer >= 1 (the latent-to-explicit switch "
+                             "that forces think_end), or null for no limit")
+        if not isinstance(self.think_start, str) or not self.think_start:
+            raise ValueError(f"think_start={self.think_start!r} must be a non-empty string, e.g. '<think>'")
+        if self.mode == "swir" and self.noise_factor > 0:
+            raise ValueError(f"noise_factor={self.noise_factor} is not supported in mode 'swir' (its latent input "
+                             "is the untempered mixture, as in the reference); allowed: 0.0")
 
     @property
     def thinking_filters(self) -> FilterConfig:
@@ -160,5 +216,7 @@ class GenerationConfig:
             "gumbel": {"max_topk": self.max_topk, "tau": self.tau},
             "moi": {"max_topk": self.max_topk, "beta": self.beta},
             "dense": {"max_topk": self.max_topk},
+            "multiplex": {"width": self.width, "merge": self.merge},
             "discrete": {"sample": self.temperature > 0},
+            "swir": {"sample": self.temperature > 0},
         }[self.mode]

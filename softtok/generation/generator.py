@@ -41,15 +41,18 @@ from softtok.generation.cache import ROW_SELECTABLE_LAYERS, restore_cache, snaps
 from softtok.generation.config import MODES, GenerationConfig
 from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
 from softtok.generation.stops import StreamMatcher
-from softtok.soft.embedding import SoftEmbedding
-from softtok.soft.filters import filter_candidates, tempered_probs
+from softtok.generation.swir import EntropySwitch
+from softtok.soft.embedding import SoftEmbedding, embed_dense
+from softtok.soft.filters import entropy, filter_candidates, renormalize, tempered_probs
 from softtok.soft.mixers import HardMixer, Mixer, build_mixer
 from softtok.soft.random import RowRandom, row_seed
 
 THINK, FORCED, ANSWER, DONE = 0, 1, 2, 3
 #: Why thinking ended, by the code stored in the ``reason`` state.
-END_REASONS = ("", "think_end", "cold_stop", "budget", "eos")
-_THINK_END, _COLD_STOP, _BUDGET, _EOS = 1, 2, 3, 4
+END_REASONS = ("", "think_end", "cold_stop", "budget", "eos", "switch_limit")
+_THINK_END, _COLD_STOP, _BUDGET, _EOS, _SWITCH_LIMIT = 1, 2, 3, 4, 5
+#: The reasons after which the engine fed ``think_end`` itself (the model did not write it).
+FORCED_REASONS = ("cold_stop", "budget", "switch_limit")
 #: Random streams of a step (see :meth:`RowRandom.child`).
 _THINK_STREAM, _ANSWER_STREAM = 0, 1
 #: Automatic static caches are rounded up to this many tokens, so compiled graphs are reused.
@@ -66,8 +69,10 @@ class GenerationResult:
         answer: The answer-phase text (special tokens removed).
         think_tokens: Concept tokens fed (forced ``think_end`` tokens not counted).
         answer_tokens: Answer tokens generated.
-        think_end: Why thinking ended: ``think_end``, ``cold_stop``, ``budget`` or ``eos``.
-        entropy: Entropy (nats) of the tempered distribution at each thinking step.
+        think_end: Why thinking ended: ``think_end``, ``cold_stop``, ``budget``, ``eos`` or
+            ``switch_limit`` (``swir``: the switch numbered ``max_switch_count``).
+        entropy: Entropy (nats) of the tempered distribution at each thinking step (``swir``: of
+            the untempered distribution, its switching signal).
         think_ids: Top-1 ids of the thinking steps.
         answer_ids: Answer token ids.
         topk_ids: Per thinking step, the mixture's ids (with ``return_topk``).
@@ -78,6 +83,8 @@ class GenerationResult:
         seed: The row seed its random draws came from.
         cot_inputs: ``[think_tokens, D]`` the input embedding fed at each thinking step (with
             ``record_inputs``; on the CPU, in the model's dtype).
+        latent: ``swir``: per thinking step, whether its input was the latent mixture.
+        switch_count: ``swir``: latent-to-explicit switches (the count ``max_switch_count`` limits).
     """
 
     thinking: str = ""
@@ -94,6 +101,29 @@ class GenerationResult:
     js_top2: float | None = None
     seed: int | None = None
     cot_inputs: torch.Tensor | None = None
+    latent: list[bool] | None = None
+    switch_count: int | None = None
+
+    @property
+    def latent_fraction(self) -> float | None:
+        """``swir``: the share of thinking steps fed the latent mixture (``None`` in other modes)."""
+        if self.latent is None:
+            return None
+        return sum(self.latent) / len(self.latent) if self.latent else 0.0
+
+    @property
+    def latent_segments(self) -> list[int] | None:
+        """``swir``: the lengths (steps) of the runs of consecutive latent steps, in order."""
+        if self.latent is None:
+            return None
+        runs, length = [], 0
+        for flag in [*self.latent, False]:
+            if flag:
+                length += 1
+            elif length:
+                runs.append(length)
+                length = 0
+        return runs
 
 
 def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -104,18 +134,18 @@ def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
     return (0.5 * (kl(logp) + kl(logq))).clamp_min(0.0)  # >= 0; rounding can give -1e-9 for equal rows
 
 
-def encode_think_end(tokenizer: PreTrainedTokenizerBase, think_end: str) -> list[int]:
-    """The ids of ``think_end``, fed when thinking is forced to end.
+def encode_think_end(tokenizer: PreTrainedTokenizerBase, think_end: str, name: str = "think_end") -> list[int]:
+    """The ids of ``think_end``, fed when thinking is forced to end (or of another marker, ``name``).
 
     Raises:
-        ValueError: If the tokenizer cannot encode ``think_end`` so that it decodes back to it.
+        ValueError: If the tokenizer cannot encode the string so that it decodes back to it.
     """
     ids = tokenizer.encode(think_end, add_special_tokens=False)
     if not ids or tokenizer.decode(ids).strip() != think_end.strip():
         raise ValueError(
-            f"think_end={think_end!r} cannot be encoded by this tokenizer (it encodes to {ids} = "
-            f"{tokenizer.decode(ids)!r}); allowed: a string that round-trips, e.g. '</think>' for models with "
-            "thinking markers"
+            f"{name}={think_end!r} cannot be encoded by this tokenizer (it encodes to {ids} = "
+            f"{tokenizer.decode(ids)!r}); allowed: a string that round-trips, e.g. "
+            f"'{'<think>' if name == 'think_start' else '</think>'}' for models with thinking markers"
         )
     return ids
 
@@ -218,6 +248,16 @@ class SoftThinkingGenerator:
             probe = self.soft.mix_logits(zeros,
                                          RowRandom(torch.zeros(1, dtype=torch.long, device=self.device)))
         self._width, self._weight_dtype = probe[0].shape[-1], probe[1].dtype
+        self.switch = None
+        if config.mode == "swir":  # SwiReasoning: the recorded mixture is the top-K of the latent distribution
+            self._width, self._weight_dtype = min(config.max_topk, embedding.weight.shape[0]), torch.float32
+            self.switch = EntropySwitch(config.window_size, config.max_switch_count, config.start_mode == "latent",
+                                        config.switching, config.alpha0, config.beta0, config.max_think_tokens)
+            start = encode_think_end(tokenizer, config.think_start, "think_start") if config.alpha0 < 1 else []
+            with torch.no_grad():  # a marker of several tokens: the mean of their embeddings
+                self._markers = torch.stack([
+                    embedding(torch.tensor(ids, device=self.device)).float().mean(0) if ids else
+                    torch.zeros(embedding.weight.shape[1], device=self.device) for ids in (start, self.think_end_ids)])
         self._think_end_tensor = torch.tensor(self.think_end_ids, dtype=torch.long, device=self.device)
         self._eos_list = sorted(self.eos_ids)
         self._eos_tensor = torch.tensor(self._eos_list, dtype=torch.long, device=self.device)
@@ -256,20 +296,36 @@ class SoftThinkingGenerator:
         rng = RowRandom(s["seed"], s["step"])
         soft = self.soft(logits, rng.child(_THINK_STREAM))
         top1, ent = soft.token.top1, soft.entropy
+        mixture_ids, mixture_weights = soft.token.ids, soft.token.weights
         phase = s["phase"]
         eos_ids = self._eos_tensor
+        out = dict(s)  # the fields not updated below (seed, row, position, mask...) carry over
 
-        # THINK: budget, Cold Stop, EOS, or a recorded concept token (which may write think_end).
+        # THINK: budget, Cold Stop, (swir) the switch limit, EOS, or a recorded concept token (which may
+        # write think_end).
         think = phase == THINK
+        if self.switch is not None:  # SwiReasoning: the untempered distribution gives the entropy and the mixture
+            probs = tempered_probs(logits, 1.0)
+            ent = entropy(probs)
         low_entropy = torch.where(think, torch.where(ent < cfg.cold_stop_entropy, s["low_entropy"] + 1, 0),
                                   s["low_entropy"])
         budget = think & (s["think_tokens"] >= cfg.max_think_tokens)
         cold = think & ~budget & (low_entropy >= cfg.cold_stop_length)
         forced_now = budget | cold
+        switch_limit = torch.zeros_like(think)
+        if self.switch is not None:
+            switched, to_latent, to_explicit, switch_limit = self.switch.update(s, ent, think & ~forced_now)
+            out.update(switched)
+            forced_now = forced_now | switch_limit
+            latent_now = switched["swir_latent"]
+            # The recorded mixture: the latent distribution's top-K, or the explicit token as a one-hot.
+            top_weights, top_ids = probs.topk(self._width, dim=-1)
+            first = torch.arange(self._width, device=top1.device) == 0
+            mixture_ids = torch.where(latent_now[:, None], top_ids, torch.where(first, top1[:, None], 0))
+            mixture_weights = torch.where(latent_now[:, None], renormalize(top_weights), first.to(top_weights.dtype))
         eos = think & ~forced_now & torch.isin(top1, eos_ids)
         record = think & ~forced_now & ~eos
         slot = s["think_tokens"][:, None]
-        out = dict(s)  # the fields not updated below (seed, row, position, mask...) carry over
         out.update({
             "think_ids": s["think_ids"].scatter(1, slot, top1[:, None]),
             "entropy": s["entropy"].scatter(1, slot, ent[:, None].to(s["entropy"].dtype)),
@@ -279,8 +335,8 @@ class SoftThinkingGenerator:
         })
         if cfg.return_topk:
             wide = slot[:, :, None].expand(-1, 1, self._width)
-            out["topk_ids"] = s["topk_ids"].scatter(1, wide, soft.token.ids[:, None])
-            weights = soft.token.weights[:, None].to(s["topk_weights"].dtype)
+            out["topk_ids"] = s["topk_ids"].scatter(1, wide, mixture_ids[:, None])
+            weights = mixture_weights[:, None].to(s["topk_weights"].dtype)
             out["topk_weights"] = s["topk_weights"].scatter(1, wide, weights)
         ended = record & self.think_matcher.matched(out["think_hist"])
 
@@ -316,19 +372,26 @@ class SoftThinkingGenerator:
         out["phase"] = new_phase
         reason = torch.where(ended, _THINK_END, s["reason"])
         reason = torch.where(eos, _EOS, torch.where(cold, _COLD_STOP, torch.where(budget, _BUDGET, reason)))
-        out["reason"] = reason
+        out["reason"] = torch.where(switch_limit, _SWITCH_LIMIT, reason)
 
         # The next input of each row: concept token, or a hard token (think_end's top-1, forced, answer).
         hard = torch.where(forced, forced_token, torch.where(answer, sampled, top1))
         embeds = self.model.get_input_embeddings()(hard)
         fed_soft = record & ~ended
-        inputs = torch.where(fed_soft[:, None], soft.embeds.to(embeds.dtype), embeds)
+        thinking_input = soft.embeds
+        if self.switch is not None:  # latent mixture or explicit token, blended with a marker at a switch
+            mixture = embed_dense(self.model.get_input_embeddings(), probs)
+            thinking_input = self.switch.inputs(latent_now, to_latent, to_explicit, mixture, soft.embeds,
+                                                self._markers, s["think_tokens"])
+            fed_soft = fed_soft & latent_now  # the probe compares only latent inputs
+            out["swir_steps"] = s["swir_steps"].scatter(1, slot, fed_soft[:, None])
+        inputs = torch.where((record & ~ended)[:, None], thinking_input.to(embeds.dtype), embeds)
         out["fed_soft"] = fed_soft
         if cfg.record_inputs:  # what was fed at this thinking step (slot = the step's index, as think_ids)
             out["cot_inputs"] = s["cot_inputs"].scatter(
                 1, slot[:, :, None].expand(-1, 1, inputs.shape[-1]), inputs[:, None].to(s["cot_inputs"].dtype))
         out["step"] = s["step"] + 1
-        return out, inputs, soft.token.ids[:, :2]
+        return out, inputs, mixture_ids[:, :2]
 
     def _forward(self, inputs: torch.Tensor, s: dict[str, torch.Tensor], cache, kv_length: int | None):  # noqa: ANN001
         """The model step on ``inputs`` ``[B, D]`` at each row's position; next-token logits ``[B, V]``."""
@@ -510,6 +573,9 @@ class SoftThinkingGenerator:
         if cfg.record_inputs:
             weight = self.model.get_input_embeddings().weight
             s["cot_inputs"] = torch.zeros(b, think_slots, weight.shape[1], dtype=weight.dtype, device=device)
+        if self.switch is not None:
+            s.update(self.switch.initial_state(b, device))
+            s["swir_steps"] = torch.zeros(b, think_slots, dtype=torch.bool, device=device)
         if cfg.probe:
             s["js"] = torch.zeros(b, 2, think_slots, dtype=torch.float32, device=device)
             s["soft_steps"] = torch.zeros(b, think_slots, dtype=torch.bool, device=device)
@@ -558,13 +624,15 @@ class SoftThinkingGenerator:
                 answer_ids=host["answer_ids"][i][:m], seed=host["seed"][i],
             )
             res.thinking = tok.decode(res.think_ids, skip_special_tokens=False)
-            if res.think_end in ("budget", "cold_stop"):
+            if res.think_end in FORCED_REASONS:
                 res.thinking += cfg.think_end
             res.answer = tok.decode(res.answer_ids, skip_special_tokens=True)
             if cfg.return_topk:
                 res.topk_ids, res.topk_weights = host["topk_ids"][i][:n], host["topk_weights"][i][:n]
             if cot_inputs is not None:
                 res.cot_inputs = cot_inputs[i, :n]
+            if self.switch is not None:
+                res.latent, res.switch_count = host["swir_steps"][i][:n], host["swir_switches"][i]
             if cfg.probe:
                 soft = [j for j, fed in enumerate(host["soft_steps"][i][:n]) if fed]
                 if soft:

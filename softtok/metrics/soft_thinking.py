@@ -9,14 +9,16 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
+from softtok.generation.generator import END_REASONS
 from softtok.metrics.passk import cat_state, first_occurrences, pass_at_k_table, validate_ks
 
 __all__ = ["SoftThinkingMetrics", "THINK_ENDS"]
 
 #: How the thinking phase of a sample ended, in code order (the model wrote the
 #: end-of-thinking marker, Cold Stop fired (low entropy for long enough), the thinking
-#: budget ran out, or the model stopped (EOS) while still thinking).
-THINK_ENDS: tuple[str, ...] = ("think_end", "cold_stop", "budget", "eos")
+#: budget ran out, the model stopped (EOS) while still thinking, or SwiReasoning's switch
+#: limit ended it): the generator's reasons.
+THINK_ENDS: tuple[str, ...] = END_REASONS[1:]
 
 _REQUIRED = ("problem", "correct", "think_tokens", "answer_tokens", "think_end")
 
@@ -26,7 +28,8 @@ class SoftThinkingMetrics(Metric):
 
     Each result is a dict with keys ``problem`` (int), ``correct`` (bool),
     ``think_tokens`` (int), ``answer_tokens`` (int), ``think_end`` (one of
-    :data:`THINK_ENDS`), ``mean_entropy`` (float; ``None``/``NaN`` if not measured) and,
+    :data:`THINK_ENDS`), ``mean_entropy`` (float; ``None``/``NaN`` if not measured),
+    ``latent_fraction`` and ``switch_count`` (SwiReasoning; absent or ``None`` otherwise) and,
     optionally, ``sample`` (int: the sample index within its problem; repeated
     ``(problem, sample)`` rows, such as ``DistributedSampler`` padding, then count once).
 
@@ -38,9 +41,11 @@ class SoftThinkingMetrics(Metric):
     * ``accuracy``: mean ``correct`` over samples (the pass@1 estimate when every problem
       has the same number of samples),
     * ``pass@k`` for each configured ``k`` (mean over problems; needs ``>= k`` samples each),
-    * ``mean_think_tokens``, ``mean_answer_tokens``, ``mean_entropy`` (over samples that have one),
-    * ``cold_stop_rate``, ``think_end_rate``, ``budget_rate``, ``eos_rate``: fraction of
-      samples whose thinking ended that way,
+    * ``mean_think_tokens``, ``mean_answer_tokens``, ``mean_entropy`` (over the samples that
+      have one; ``NaN`` if none has), and ``mean_latent_fraction``, ``mean_switch_count`` (over
+      the SwiReasoning samples; only when there are some),
+    * ``cold_stop_rate``, ``think_end_rate``, ``budget_rate``, ``eos_rate``,
+      ``switch_limit_rate``: fraction of samples whose thinking ended that way,
     * ``num_samples``, ``num_problems``.
 
     With no samples every value is ``NaN`` (counts ``0``).
@@ -57,7 +62,8 @@ class SoftThinkingMetrics(Metric):
     def __init__(self, ks: Sequence[int] = (1,), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ks = validate_ks(ks)
-        for name in ("problem", "sample", "correct", "think_end", "think_tokens", "answer_tokens", "entropy"):
+        for name in ("problem", "sample", "correct", "think_end", "think_tokens", "answer_tokens", "entropy",
+                     "latent_fraction", "switch_count"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, results: Sequence[Mapping[str, Any]]) -> None:
@@ -68,7 +74,8 @@ class SoftThinkingMetrics(Metric):
         """
         if isinstance(results, Mapping):
             raise TypeError("update expects a list of result dicts, got a single dict; wrap it in a list")
-        rows: dict[str, list] = {k: [] for k in ("problem", "sample", "correct", "think_end", "tt", "at", "ent")}
+        rows: dict[str, list] = {k: [] for k in ("problem", "sample", "correct", "think_end", "tt", "at", "ent",
+                                                 "latent_fraction", "switch_count")}
         for i, result in enumerate(results):
             missing = [key for key in _REQUIRED if key not in result]
             if missing:
@@ -85,6 +92,9 @@ class SoftThinkingMetrics(Metric):
             rows["tt"].append(float(result["think_tokens"]))
             rows["at"].append(float(result["answer_tokens"]))
             rows["ent"].append(math.nan if entropy is None else float(entropy))
+            for key in ("latent_fraction", "switch_count"):
+                value = result.get(key)
+                rows[key].append(math.nan if value is None else float(value))
         # An empty batch still appends (empty) tensors: under DDP every process must have a
         # tensor to gather, e.g. a process whose records were all filtered out of a greedy mode.
         dev = self.device
@@ -95,6 +105,8 @@ class SoftThinkingMetrics(Metric):
         self.think_tokens.append(torch.tensor(rows["tt"], dtype=torch.float32, device=dev))
         self.answer_tokens.append(torch.tensor(rows["at"], dtype=torch.float32, device=dev))
         self.entropy.append(torch.tensor(rows["ent"], dtype=torch.float32, device=dev))
+        self.latent_fraction.append(torch.tensor(rows["latent_fraction"], dtype=torch.float32, device=dev))
+        self.switch_count.append(torch.tensor(rows["switch_count"], dtype=torch.float32, device=dev))
 
     def compute(self) -> dict[str, float]:
         """Summary numbers over all samples seen (all ranks); see the class docstring."""
@@ -117,6 +129,10 @@ class SoftThinkingMetrics(Metric):
         out["mean_think_tokens"] = mean(think_tokens)
         out["mean_answer_tokens"] = mean(answer_tokens)
         out["mean_entropy"] = mean(entropy)
+        for key in ("latent_fraction", "switch_count"):  # only for runs with SwiReasoning rows
+            values = cat_state(getattr(self, key), torch.float32, dev)[keep]
+            if not torch.isnan(values).all():
+                out[f"mean_{key}"] = mean(values)
         for code, end in enumerate(THINK_ENDS):
             out[f"{end}_rate"] = mean((think_end == code).float()) if problem.numel() else math.nan
         out["num_samples"] = float(problem.numel())

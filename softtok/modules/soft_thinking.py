@@ -240,8 +240,13 @@ class SoftThinkingModule(LightningModule):
             "seed": result.seed,
             "batch_seconds": seconds,
         }
+        if result.latent is not None:  # SwiReasoning: how much of the thinking was latent, in which segments
+            out.update(latent_fraction=result.latent_fraction, switch_count=result.switch_count,
+                       latent_segments=result.latent_segments)
         if self.keep_trace:
             out.update(entropy=result.entropy, topk_ids=result.topk_ids, topk_weights=result.topk_weights)
+            if result.latent is not None:
+                out["latent"] = result.latent
         return out
 
     def run(self, batch: list[dict[str, Any]], generator: SoftThinkingGenerator | None = None

@@ -28,6 +28,7 @@ import torch
 from transformers import PreTrainedModel
 
 from softtok.generation import GenerationConfig, GenerationResult, SoftThinkingGenerator
+from softtok.generation.generator import FORCED_REASONS
 from softtok.rl.logprob import GaussianDensity, RolloutLogProbs, rollout_log_probs
 from softtok.soft.random import row_seed
 
@@ -223,7 +224,7 @@ def generate_rollouts(
     device = generator.device
     n, t = len(rows), max((r.think_tokens for r in results), default=0)
     forced = generator.think_end_ids
-    tails = [(forced if r.think_end in ("budget", "cold_stop") else []) + r.answer_ids for r in results]
+    tails = [(forced if r.think_end in FORCED_REASONS else []) + r.answer_ids for r in results]
     a = max((len(tail) for tail in tails), default=0)
     cot_mask, cot_weight = torch.zeros(n, t), torch.zeros(n, t)
     answer_ids, answer_mask, answer_weight = torch.zeros(n, a, dtype=torch.long), torch.zeros(n, a), torch.zeros(n, a)
