@@ -19,6 +19,10 @@ then ``Final answer: N``); ``--target answer`` trains on the bare answer instead
   generated token -- see ``tests/test_prompt_peft.py`` -- so it cannot be the decoder here;
   ``--peft-generate`` scores it anyway, bucketing prompts by length so PEFT sees no padding.)
 
+The trained prompt-tuning and prefix-tuning prompts are saved as PEFT adapters under
+``<out>/prompts/<method>/``, so ``softtok describe --prompt <out>/prompts/prompt_tuning``
+can read them (see ``docs/interpret.md``).
+
 Usage (each method writes ``<out>/<method>.json``; ``--report`` combines them)::
 
     nice -n 10 python benchmarks/soft_prompt_results.py --methods zero_shot zero_shot_other prompt_tuning
@@ -45,6 +49,7 @@ from softtok.prompts import (
     IAPTConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
+    export_peft,
     greedy_generate,
     load_peft_adapter,
     mark_only_prompt_trainable,
@@ -174,6 +179,10 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
             if step % 10 == 0:
                 print(f"{method} step {step} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
         result["train_s"] = time.time() - start
+        if method in ("prompt_tuning", "prefix_tuning"):  # keep the trained prompt (PEFT format) for reading it
+            folder = export_peft(prompt, Path(args.out) / "prompts" / method, base_model_name_or_path="smollm2-135m",
+                                 overwrite=True)
+            result["prompt_dir"] = str(folder)
         eval_start = time.time()
         with torch.no_grad():
             if method == "peft_prompt_tuning" and args.peft_generate:

@@ -3,9 +3,15 @@
 ``softtok fit|validate|test|predict -c configs/<recipe>.yaml``; ``--print_config`` shows
 the resolved configuration. Model and data are chosen by ``class_path`` in the config,
 so any LightningModule / LightningDataModule (softtok's or your own) can be used.
+
+``softtok describe -c configs/interpret/<recipe>.yaml`` reads a soft prompt or a
+predictions file's concept tokens (:mod:`softtok.interpret.describe`); it is dispatched
+before LightningCLI, which handles every other subcommand.
 """
 
 from __future__ import annotations
+
+import sys
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -44,9 +50,15 @@ def cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     )
 
 
-def main() -> None:
-    """Console entry point of ``softtok``."""
-    cli()
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``softtok`` (``argv``: the arguments after ``softtok``; default ``sys.argv[1:]``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["describe"]:
+        from softtok.interpret.describe import main as describe_main
+
+        describe_main(args[1:])
+        return
+    cli(argv)
 
 
 if __name__ == "__main__":
