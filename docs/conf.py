@@ -43,11 +43,6 @@ templates_path: list[str] = []
 # loaded, which the offline build does not do (see below).
 nitpicky = False
 
-# Pages written by other parts of the project (soft_prompts.md, results_soft_prompts.md,
-# benchmarks_mixing.md) are picked up by a `*` glob in the index's toctree, which always
-# matches at least architecture.md: the build neither depends on them nor warns without
-# them. No warning is suppressed.
-
 # -- MyST (Markdown pages) ---------------------------------------------------
 myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
@@ -153,12 +148,9 @@ def setup(app):  # noqa: ANN001, ANN201
 
 
 # -- HTML ----------------------------------------------------------------------
-html_theme = "alabaster"
+html_theme = "furo"
 html_title = f"softtok {release}"
-# No html_static_path: an empty docs/_static is not tracked by git, and a missing static
-# folder is a warning (an error under -W) on a fresh clone.
-html_theme_options = {
-    "description": "Soft tokens for Hugging Face causal LMs",
-    "fixed_sidebar": True,
-    "page_width": "1100px",  # room for the ASCII data-flow diagrams
-}
+# docs/_static is tracked (it holds the figures), so the static path exists on a fresh clone.
+html_static_path = ["_static"]
+# Lets the article widen on wide screens for the ASCII diagrams (see the file).
+html_css_files = ["custom.css"]

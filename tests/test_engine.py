@@ -208,6 +208,24 @@ def test_compiled_step_equals_eager_with_one_graph_and_no_recompiles(tokenizer, 
         torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("mode", ["swir", "multiplex"])
+def test_compiled_swir_and_multiplex_steps_equal_eager(tokenizer, fresh_dynamo, mode):
+    """The SwiReasoning switch state and the Multiplex draws compile into the one static-cache graph too."""
+    model = tiny_model("llama")
+    settings = GenerationConfig(mode=mode, think_end="a", max_think_tokens=10, max_answer_tokens=5, window_size=2,
+                                cache="static", max_cache_len=256, sync_every=4)
+    seeds = list(range(len(TEXTS)))
+    eager = SoftThinkingGenerator(model, tokenizer, settings).generate(TEXTS, seeds=seeds)
+    before = counters["stats"]["unique_graphs"]
+    compiled = SoftThinkingGenerator(model, tokenizer, GenerationConfig(**{**settings.__dict__, "compile": True}))
+    results = compiled.generate(TEXTS, seeds=seeds)
+    assert counters["stats"]["unique_graphs"] - before == 1
+    assert outputs(results) == outputs(eager)
+    if mode == "swir":
+        assert [r.latent for r in results] == [r.latent for r in eager]
+        assert any(any(r.latent) and not all(r.latent) for r in eager)  # rows did switch
+
+
 def test_compiled_update_with_a_dynamic_cache_equals_eager(tokenizer, fresh_dynamo):
     """``compile`` with a dynamic cache compiles the phase update (mixing included) only; rows leaving the
     batch at host checks change its batch size, which recompiles once with a symbolic batch, not per size."""
