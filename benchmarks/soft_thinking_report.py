@@ -59,6 +59,25 @@ def passk_table(runs: dict[str, list[dict]], times: dict[str, float], ks=(1, 4, 
     return "\n".join(lines)
 
 
+def swir_table(runs: dict[str, list[dict]]) -> str:
+    """SwiReasoning runs: how much of the thinking was latent, how often rows switched, how long latent runs were."""
+    lines = ["| run | latent fraction (mean) | rows with a latent step | switches / row | mean latent segment "
+             "(steps) | segments of 1 step | ended by switch limit |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, records in runs.items():
+        if "latent_fraction" not in records[0]:
+            continue
+        n = len(records)
+        segments = [length for r in records for length in r["latent_segments"]]
+        count = max(len(segments), 1)
+        lines.append(
+            f"| {name} | {sum(r['latent_fraction'] for r in records) / n:.3f} "
+            f"| {sum(r['latent_fraction'] > 0 for r in records) / n:.2f} "
+            f"| {sum(r['switch_count'] for r in records) / n:.2f} "
+            f"| {sum(segments) / count:.2f} | {sum(s == 1 for s in segments) / count:.2f} "
+            f"| {sum(r['think_end'] == 'switch_limit' for r in records) / n:.2f} |")
+    return "\n".join(lines)
+
+
 def probe_summary(records: list[dict]) -> str:
     rows = [r for r in records if r.get("js_top1") is not None]
     js1 = sum(r["js_top1"] for r in rows) / len(rows)
@@ -108,7 +127,8 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("--plots", type=Path, default=None, help="folder for the PNG plots")
     opts = parser.parse_args()
-    order = ["discrete_greedy", "discrete_sampled", "soft", "dirichlet", "gumbel", "moi", "probe"]
+    order = ["discrete_greedy", "discrete_sampled", "soft", "dirichlet", "gumbel", "moi", "multiplex", "swir",
+             "swir_w32", "probe"]
     rank = lambda p: (p.stem.split("_", 1)[0], order.index(p.stem.split("_", 1)[1]))  # noqa: E731
     runs = {p.stem: read_jsonl(p) for p in sorted(opts.results.glob("*.jsonl"), key=rank)}
     times_file = opts.results / "times.tsv"
@@ -118,6 +138,8 @@ def main() -> None:
     print(accuracy_table(runs, times), "\n")
     if any(k.startswith("passk_") for k in runs):
         print(passk_table(runs, times), "\n")
+    if any("latent_fraction" in records[0] for records in runs.values()):
+        print(swir_table(runs), "\n")
     if "arith_probe" in runs:
         print(probe_summary(runs["arith_probe"]))
         if opts.plots:

@@ -3,6 +3,7 @@
 # Every run is a plain `softtok predict` of a recipe; wall times go to $OUT/times.tsv.
 # Then: python benchmarks/soft_thinking_report.py $OUT  (table + plots).
 #   bash benchmarks/soft_thinking_results.sh [stage ...]   stages: arith probe passk word (default: all, in this order)
+#   MODES="swir multiplex" bash benchmarks/soft_thinking_results.sh arith passk   only these runs of the stages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/results}
@@ -24,11 +25,19 @@ run() {  # name recipe args...
   printf '%s\t%s\n' "$name" "$(echo "$(date +%s.%N) - $start" | bc)" >> "$OUT/times.tsv"
 }
 
+# SwiReasoning with its reference window (512) never returns to latent within a 192-token budget;
+# swir_w32 scales the window to the budget so that rows switch back and forth.
+SWIR_W32=(--model.init_args.generation.window_size 32)
+wanted() { [ -z "${MODES:-}" ] || [[ " $MODES " == *" $1 "* ]]; }
+
 stages=${*:-arith probe passk word}
 for stage in $stages; do
   case $stage in
-    arith) for m in discrete_greedy discrete_sampled soft dirichlet gumbel; do run "arith_$m" "$m" "${ARITH[@]}"; done ;;
-    passk) for m in discrete_sampled gumbel dirichlet; do run "passk_$m" "$m" "${PASSK[@]}"; done ;;
+    arith) for m in discrete_greedy discrete_sampled soft dirichlet gumbel multiplex swir; do
+             wanted "$m" && run "arith_$m" "$m" "${ARITH[@]}"; done
+           wanted swir_w32 && run arith_swir_w32 swir "${ARITH[@]}" "${SWIR_W32[@]}" ;;
+    passk) for m in discrete_sampled gumbel dirichlet multiplex swir; do
+             wanted "$m" && run "passk_$m" "$m" "${PASSK[@]}"; done ;;
     word)  for m in discrete_greedy gumbel soft discrete_sampled dirichlet; do run "word_$m" "$m" "${WORD[@]}"; done ;;
     probe) run arith_probe soft --data.init_args.task chain_sum --data.init_args.size 50 --data.init_args.batch_size 25 \
              --model.init_args.generation.probe true --model.init_args.generation.return_topk true \
