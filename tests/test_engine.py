@@ -226,6 +226,21 @@ def test_compiled_swir_and_multiplex_steps_equal_eager(tokenizer, fresh_dynamo, 
         assert any(any(r.latent) and not all(r.latent) for r in eager)  # rows did switch
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("mode", ["soft", "swir", "multiplex"])
+def test_cuda_graph_step_equals_eager(tokenizer, fresh_dynamo, mode):
+    """On CUDA the compiled static-cache step is replayed as a CUDA graph: it equals eager, also for a second
+    batch (the state fed back is cloned before the next replay overwrites the graph's outputs)."""
+    model = tiny_model("llama").cuda()
+    settings = GenerationConfig(mode=mode, think_end="a", max_think_tokens=10, max_answer_tokens=5, window_size=2,
+                                cache="static", max_cache_len=256, sync_every=4)
+    seeds = list(range(len(TEXTS)))
+    eager = SoftThinkingGenerator(model, tokenizer, settings).generate(TEXTS, seeds=seeds)
+    compiled = SoftThinkingGenerator(model, tokenizer, GenerationConfig(**{**settings.__dict__, "compile": True}))
+    assert outputs(compiled.generate(TEXTS, seeds=seeds)) == outputs(eager)
+    assert outputs(compiled.generate(TEXTS[::-1], seeds=seeds[::-1])[::-1]) == outputs(eager)
+
+
 def test_compiled_update_with_a_dynamic_cache_equals_eager(tokenizer, fresh_dynamo):
     """``compile`` with a dynamic cache compiles the phase update (mixing included) only; rows leaving the
     batch at host checks change its batch size, which recompiles once with a symbolic batch, not per size."""

@@ -502,13 +502,18 @@ class SoftThinkingGenerator:
         end, step = max_steps, 0
         while step < end:
             if compiled and self.device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs were cloned: a new step
             if compiled and step > 0:
                 # Every step has the shapes of the first one, whose call checked the guards (or compiled).
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     state, logits = step_fn(state, logits, cache, None)
             else:
                 state, logits = step_fn(state, logits, cache, None if static else prompt_length + step + 1)
+            if compiled and self.device.type == "cuda":
+                # A CUDA graph's outputs live in its memory pool and its next replay overwrites them: what the
+                # next step reads (the state and the logits) is cloned first, as gpt-fast clones its next token.
+                state = {k: v.clone() for k, v in state.items()}
+                logits = logits.clone()
             step = self.steps = step + 1
             if step % cfg.sync_every == 0 and step < end:  # (at `end` every row is done: no need to look)
                 # The only host read of the loop: phases and the steps each row can still take.
