@@ -42,6 +42,7 @@ from softtok.interpret.hidden import (
     num_layers,
 )
 from softtok.interpret.vocab import check_width, token_strings
+from softtok.models import replace_folder
 
 #: Version of the index layout.
 INDEX_FORMAT = 1
@@ -291,13 +292,7 @@ class ContextIndex:
             (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, sort_keys=True) + "\n",
                                         encoding="utf-8")
             os.chmod(tmp, 0o755)
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-                os.replace(out, old / "index")
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
+            replace_folder(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
