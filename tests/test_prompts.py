@@ -105,17 +105,22 @@ def test_composes_with_soft_thinking_generator(method, tokenizer):
     prompt = METHODS[method]().build(model, tokenizer)
     perturb(prompt)
     ids, mask = batch(tokenizer, TEXTS)
-    cfg = GenerationConfig(mode="discrete", temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_think_tokens=8,
-                           max_answer_tokens=0, think_end="</think>")
-    results = SoftThinkingGenerator(model, tokenizer, cfg).generate(TEXTS, prefill=prompt)
     expected = greedy_generate(model, ids, mask, prefill=prompt, max_new_tokens=8, eos_token_ids=[1])
     think_end = tokenizer.convert_tokens_to_ids("</think>")
-    for res, exp in zip(results, expected, strict=True):
-        exp = exp[: exp.index(think_end) + 1] if think_end in exp else exp
-        assert res.think_ids == exp
-    # ...and soft thinking (mixtures) runs with a prompt too.
-    soft = SoftThinkingGenerator(model, tokenizer, GenerationConfig(max_think_tokens=6, max_answer_tokens=3))
-    assert len(soft.generate(TEXTS, prefill=prompt)) == len(TEXTS)
+    greedy = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, max_think_tokens=8, max_answer_tokens=0,
+                  think_end="</think>")
+    # Discrete greedy, and SwiReasoning kept explicit (its greedy explicit steps), both equal greedy decoding.
+    for cfg in (GenerationConfig(mode="discrete", **greedy),
+                GenerationConfig(mode="swir", start_mode="explicit", switching=False, **greedy)):
+        results = SoftThinkingGenerator(model, tokenizer, cfg).generate(TEXTS, prefill=prompt)
+        for res, exp in zip(results, expected, strict=True):
+            exp = exp[: exp.index(think_end) + 1] if think_end in exp else exp
+            assert res.think_ids == exp
+    # ...and the mixing modes run with a prompt too.
+    for mode in ("soft", "multiplex", "swir"):
+        soft = SoftThinkingGenerator(model, tokenizer, GenerationConfig(mode=mode, max_think_tokens=6,
+                                                                        max_answer_tokens=3, window_size=2))
+        assert len(soft.generate(TEXTS, prefill=prompt)) == len(TEXTS)
 
 
 def test_iapt_prompt_depends_on_instruction_not_answer(tokenizer):
