@@ -408,6 +408,24 @@ def test_describe_predictions_reads_the_concept_tokens(model_dir, soft_results, 
     assert report["summary"]["steps"] == 10
 
 
+def test_describe_adds_up_a_token_drawn_twice_and_marks_swir_steps(model_dir, tmp_path) -> None:
+    """A multiplex step that drew token 5 twice (0.3 + 0.3) has 5 as its top-1 component, at weight 0.6; a swir
+    record's latent flags label its steps; a folder given as the predictions file is named as such."""
+    from softtok.interpret.describe import describe
+
+    record = {"index": 0, "sample": 0, "question": "1 + 1 =", "topk_ids": [[5, 7, 5], [9, 0, 0]],
+              "topk_weights": [[0.3, 0.4, 0.3], [1.0, 0.0, 0.0]], "latent": [True, False]}
+    (tmp_path / "mpx.jsonl").write_text(json.dumps(record) + "\n")
+    report = describe(predictions=str(tmp_path / "mpx.jsonl"), model=model_dir, quiet=True)
+    first, second = report["records"][0]["steps"]
+    assert first["components"] == [{"id": 5, "token": first["components"][0]["token"], "weight": 0.6},
+                                   {"id": 7, "token": first["components"][1]["token"], "weight": 0.4}]
+    assert first["nearest_is_top1"]["cosine"] == (first["cosine"][0]["id"] == 5)
+    assert (first["latent"], second["latent"]) == (True, False) and [c["id"] for c in second["components"]] == [9]
+    with pytest.raises(ValueError, match="is a directory"):
+        describe(predictions=str(tmp_path), model=model_dir, quiet=True)
+
+
 def test_describe_predictions_without_mixtures_names_the_missing_field(model_dir, soft_results, tmp_path) -> None:
     from softtok.interpret.describe import describe
 

@@ -184,6 +184,8 @@ def test_swir_rows_are_batch_independent_and_compose_with_compaction(tokenizer):
         (dict(start_mode="hybrid"), "start_mode='hybrid'"),
         (dict(noise_factor=0.3), "noise_factor=0.3"),
         (dict(width=0, mode="multiplex"), "width=0"),
+        (dict(window_size=True), "window_size=True"),
+        (dict(switching="no"), "switching='no'"),
     ],
 )
 def test_bad_settings_are_clear_errors(kwargs, named):

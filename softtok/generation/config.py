@@ -142,7 +142,7 @@ class GenerationConfig:
                              "use > 0")
         for name in ("max_think_tokens", "cold_stop_length", "sync_every", "window_size", "width"):
             value = getattr(self, name)
-            if int(value) != value or value < 1:
+            if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         if int(self.max_answer_tokens) != self.max_answer_tokens or self.max_answer_tokens < 0:
             raise ValueError(f"max_answer_tokens={self.max_answer_tokens!r} must be an integer >= 0")
@@ -183,6 +183,8 @@ class GenerationConfig:
         """The SwiReasoning and Multiplex settings (checked in every mode: a recipe's typo fails early)."""
         if self.merge not in MULTIPLEX_MERGES:
             raise ValueError(f"merge={self.merge!r} is unknown; allowed: {', '.join(MULTIPLEX_MERGES)}")
+        if not isinstance(self.switching, bool):
+            raise ValueError(f"switching={self.switching!r} must be true or false")
         if self.start_mode not in START_MODES:
             raise ValueError(f"start_mode={self.start_mode!r} is unknown; allowed: {', '.join(START_MODES)}")
         for name in ("alpha0", "beta0"):

@@ -91,6 +91,8 @@ def read_predictions(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, 
     from softtok.callbacks import read_jsonl
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"predictions={str(path)!r} is a directory; give the .jsonl file softtok predict wrote")
     if not path.is_file():
         raise FileNotFoundError(f"predictions={str(path)!r} does not exist")
     records = read_jsonl(path)
@@ -325,8 +327,12 @@ def describe(
             rows, vocab_norm = read_embeddings(lm, tokenizer, embeds, top_n, context_index, prefix, index_top_n,
                                                chunk_size)
             top1 = []
+            latent = record.get("latent")  # SwiReasoning with keep_trace: which steps were fed the latent mixture
             for step, row in enumerate(rows):
-                ids, weights = soft.ids[step].tolist(), soft.weights[step].tolist()
+                totals: dict[int, float] = {}  # a token drawn twice (multiplex) carries the sum of its weights
+                for i, w in zip(soft.ids[step].tolist(), soft.weights[step].tolist(), strict=True):
+                    totals[i] = totals.get(i, 0.0) + w
+                ids, weights = list(totals), list(totals.values())
                 strings = token_strings(tokenizer, ids)
                 row["step"] = step
                 row["components"] = [{"id": i, "token": s, "weight": round(w, 6)}
@@ -334,7 +340,11 @@ def describe(
                 head = max(range(len(ids)), key=lambda k: weights[k])
                 row["nearest_is_top1"] = {"cosine": row["cosine"][0]["id"] == ids[head],
                                           "l2": row["l2"][0]["id"] == ids[head]}
-                top1.append(f"{_tok(strings[head])} {weights[head]:.2f}")
+                label = f"{_tok(strings[head])} {weights[head]:.2f}"
+                if latent is not None and step < len(latent):
+                    row["latent"] = bool(latent[step])
+                    label += " latent" if latent[step] else " explicit"
+                top1.append(label)
             all_rows += rows
             summary = _summary(rows, vocab_norm)
             summary["nearest_is_top1"] = {m: sum(r["nearest_is_top1"][m] for r in rows) for m in ("cosine", "l2")}
