@@ -4,11 +4,13 @@ One prefill, then one model step per token with the KV cache. Each row runs its 
 phase machine::
 
     THINK --(top-1 text ends with think_end)----------------> ANSWER --(EOS / stop / budget)--> DONE
-    THINK --(Cold Stop or thinking budget: force think_end)--> FORCED --(think_end fed)--> ANSWER
+    THINK --(Cold Stop, budget or swir switch limit)---------> FORCED --(think_end fed)--> ANSWER
     THINK --(top-1 is EOS)------------------------------------------------------------------> DONE
 
 In THINK the input is the concept token from :class:`~softtok.soft.SoftEmbedding`
-(a one-hot in ``discrete`` mode); forced and answer tokens are ordinary embeddings.
+(a one-hot in ``discrete`` mode; in ``swir`` mode, per row, the untempered mixture or the
+sampled token that :class:`~softtok.generation.swir.EntropySwitch` picks, whose switch limit
+forces ``think_end`` like the budget); forced and answer tokens are ordinary embeddings.
 
 The machine lives on the device. Every row's phase and counters are tensors, and one
 decode step is a fixed sequence of tensor operations for the whole batch: mix, pick each
