@@ -200,3 +200,20 @@ def test_think_start_must_encode_when_it_is_blended(tokenizer):
                                                                  think_end="</think>"))
     # alpha0 = 1 never blends the marker: any think_start is accepted.
     SoftThinkingGenerator(model, tokenizer, GenerationConfig(mode="swir", think_start="<begin>", think_end="</think>"))
+
+
+def test_the_example_runs_both_modes_and_reads_them(model_dir, capsys):
+    """examples/swir_multiplex_reading.py on a tiny saved model: both modes generate and every read step has a
+    nearest vocabulary token."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                        "swir_multiplex_reading.py")
+    spec = importlib.util.spec_from_file_location("swir_multiplex_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    readings = example.run(model_dir, steps=3, think_end="</think>", max_think_tokens=8)
+    assert set(readings) == {"swir", "multiplex"} and all(len(r) <= 3 for r in readings.values())
+    printed = capsys.readouterr().out
+    assert "latent fraction" in printed and "nearest by cosine" in printed
