@@ -78,6 +78,36 @@ def swir_table(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def swir_blocks(runs: dict[str, list[dict]], short: int = 5) -> str:
+    """SwiReasoning: each row's first latent block (its length, and the accuracy of rows whose block is at most
+    ``short`` steps against longer ones); for multi-sample runs, the problems whose samples share that block."""
+    import statistics
+
+    lines = []
+    for name, records in runs.items():
+        if "latent_segments" not in records[0]:
+            continue
+        first = [r["latent_segments"][0] if r["latent_segments"] else 0 for r in records]  # rows start latent
+        q1, median, q3 = statistics.quantiles(first, n=4)
+        groups = {f"<= {short}": [r for r, b in zip(records, first, strict=True) if b <= short],
+                  f"> {short}": [r for r, b in zip(records, first, strict=True) if b > short]}
+        accuracy = ", ".join(f"block {k}: {sum(r['correct'] for r in v) / max(len(v), 1):.3f} ({len(v)} rows)"
+                             for k, v in groups.items())
+        lines.append(f"{name}: first latent block median {median:g} steps (quartiles {q1:g}, {q3:g}; max "
+                     f"{max(first)}); accuracy with {accuracy}")
+        by_problem = defaultdict(list)
+        for r, b in zip(records, first, strict=True):
+            by_problem[r["index"]].append((b, r["correct"]))
+        if max(len(v) for v in by_problem.values()) > 1:
+            shared = sum(len({b for b, _ in v}) == 1 for v in by_problem.values())
+            long = [v for v in by_problem.values() if v[0][0] > short]
+            rest = [v for v in by_problem.values() if v[0][0] <= short]
+            lines.append(f"  {shared}/{len(by_problem)} problems' samples share their first block; block > {short}: "
+                         f"{sum(any(c for _, c in v) for v in long)}/{len(long)} problems solved by any sample, "
+                         f"otherwise {sum(any(c for _, c in v) for v in rest)}/{len(rest)}")
+    return "\n".join(lines)
+
+
 def probe_summary(records: list[dict]) -> str:
     rows = [r for r in records if r.get("js_top1") is not None]
     js1 = sum(r["js_top1"] for r in rows) / len(rows)
@@ -140,6 +170,7 @@ def main() -> None:
         print(passk_table(runs, times), "\n")
     if any("latent_fraction" in records[0] for records in runs.values()):
         print(swir_table(runs), "\n")
+        print(swir_blocks(runs), "\n")
     if "arith_probe" in runs:
         print(probe_summary(runs["arith_probe"]))
         if opts.plots:
