@@ -320,7 +320,9 @@ class SoftThinkingGenerator:
             out.update(switched)
             forced_now = forced_now | switch_limit
             latent_now = switched["swir_latent"]
-            # The recorded mixture: the latent distribution's top-K, or the explicit token as a one-hot.
+        if self.switch is not None and (cfg.return_topk or cfg.probe):
+            # The recorded mixture (and the probe's top-1, top-2): the latent distribution's top-K, or the
+            # explicit token as a one-hot. A top-K over the vocabulary: only when something reads it.
             top_weights, top_ids = probs.topk(self._width, dim=-1)
             first = torch.arange(self._width, device=top1.device) == 0
             mixture_ids = torch.where(latent_now[:, None], top_ids, torch.where(first, top1[:, None], 0))
