@@ -129,7 +129,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     from softtok.models import load_model
 
     torch.manual_seed(args.seed)
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model(args.model)
     dm = data(args, args.system_prompt)
     result: dict = {"method": method, "label": LABELS[method], "losses": [], "params": 0}
     start = time.time()
@@ -169,18 +169,36 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         warmup = args.warmup
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        private = None
+        if args.dp_epsilon is not None:  # DP-SGD (Opacus): per-example clipping + noise, epsilon tracked
+            if method != "prompt_tuning":
+                raise ValueError("--dp-epsilon applies to --methods prompt_tuning")
+            from softtok.prompts.private import DPConfig, DPPromptOptimizer
+
+            private = DPPromptOptimizer(params, optimizer, DPConfig(target_epsilon=args.dp_epsilon,
+                                                                    max_grad_norm=args.dp_clip),
+                                        args.batch, len(dm.records["train"]), args.steps)
+            result.update(dp={"target_epsilon": args.dp_epsilon, "delta": private.delta, "clip": args.dp_clip,
+                              "noise_multiplier": private.noise_multiplier})
         for step, batch in enumerate(train_batches(dm, args.steps)):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(batch)
-            loss.backward()
-            optimizer.step()
+            if private is not None:
+                def example_loss(i: int, b: dict = batch) -> torch.Tensor:
+                    return loss_fn({k: b[k][i:i + 1] for k in ("input_ids", "attention_mask", "labels")})
+                loss = torch.tensor(private.step(example_loss, batch["input_ids"].shape[0]))
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(batch)
+                loss.backward()
+                optimizer.step()
             scheduler.step()
             result["losses"].append(loss.item())
             if step % 10 == 0:
                 print(f"{method} step {step} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
         result["train_s"] = time.time() - start
+        if private is not None:
+            result["dp"]["epsilon"] = private.epsilon()
         if method in ("prompt_tuning", "prefix_tuning"):  # keep the trained prompt (PEFT format) for reading it
-            folder = export_peft(prompt, Path(args.out) / "prompts" / method, base_model_name_or_path="smollm2-135m",
+            folder = export_peft(prompt, Path(args.out) / "prompts" / method, base_model_name_or_path=args.model,
                                  overwrite=True)
             result["prompt_dir"] = str(folder)
         eval_start = time.time()
@@ -325,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--errors", nargs="+", metavar="DIR", help="where worked solutions go wrong, per method")
     parser.add_argument("--out", default="outputs/soft_prompt_results")
     parser.add_argument("--plot", default="docs/_static/soft_prompt_loss.png", help="loss-curve PNG ('': none)")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="the base model (a folder works: the small model of docs/results_transfer.md)")
     parser.add_argument("--task", default="chain_sum")
     parser.add_argument("--task-config", default='{"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}')
     parser.add_argument("--system-prompt", default=SYSTEM_PROMPT, help="system message of every chat")
@@ -334,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="train on worked solutions (partial sums) or on the bare answer")
     parser.add_argument("--lr", type=float, default=None, help="override the method's learning rate")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--dp-epsilon", type=float, default=None,
+                        help="tune prompt_tuning with DP-SGD (Opacus) at this epsilon (delta = 1/train size)")
+    parser.add_argument("--dp-clip", type=float, default=1.0, help="DP-SGD per-example clipping norm")
     parser.add_argument("--test-size", type=int, default=200)
     parser.add_argument("--eval-batch", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=48)

@@ -160,3 +160,16 @@ def test_transfer_recipe_runs_on_tiny_models(model_dir, tokenizer, files, tmp_pa
     fit = cli(["fit", *args])
     assert {"train/transfer_loss", "val/transfer_loss"} <= set(fit.trainer.callback_metrics)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_example_runs_on_a_tiny_model(model_dir, capsys):
+    """examples/prompt_transfer.py end to end (distil, tune, transfer, select, score) on a tiny saved model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prompt_transfer_example",
+                                                  os.path.join(ROOT, "examples", "prompt_transfer.py"))
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    scores = example.run(model_dir, steps=2)
+    assert set(scores) == {"L", "S + P_S", "L + P_L (transferred)"} and all(0 <= v <= 1 for v in scores.values())
+    assert "held-out public transfer loss" in capsys.readouterr().out

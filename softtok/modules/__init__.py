@@ -1,8 +1,19 @@
 """LightningModules: thin wrappers that connect softtok's PyTorch core to the Trainer."""
 
 from softtok.modules.continuous_cot import ContinuousCoTModule
+from softtok.modules.distil import LayerDistillationModule
 from softtok.modules.sft import SFTModule
 from softtok.modules.soft_prompt import SoftPromptModule
 from softtok.modules.soft_thinking import DEFAULT_SYSTEM_PROMPT, SoftThinkingModule
+from softtok.modules.transfer import PromptTransferModule, TransferDataModule
 
-__all__ = ["ContinuousCoTModule", "DEFAULT_SYSTEM_PROMPT", "SFTModule", "SoftPromptModule", "SoftThinkingModule"]
+__all__ = [
+    "ContinuousCoTModule",
+    "DEFAULT_SYSTEM_PROMPT",
+    "LayerDistillationModule",
+    "PromptTransferModule",
+    "SFTModule",
+    "SoftPromptModule",
+    "SoftThinkingModule",
+    "TransferDataModule",
+]
