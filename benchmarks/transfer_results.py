@@ -12,12 +12,12 @@ partial sums, 48 new tokens) and scored by the task's scorer:
   data and selected on held-out public data;
 * ``L + P_L direct``: L with a prompt tuned directly on the private task (the upper bound).
 
-The trained artefacts come from the commands of ``docs/results_transfer.md``; this script only
-evaluates them. Usage::
+The trained artefacts come from ``benchmarks/transfer_results.sh`` (the commands of
+``docs/results_transfer.md``), which ends by calling this script, e.g.::
 
     python benchmarks/transfer_results.py --small outputs/post/small_model \\
         --source-prompt outputs/post/source/prompts/prompt_tuning \\
-        --transferred outputs/post/transfer/lightning_logs/version_0/checkpoints/<best>.ckpt \\
+        --transferred "KL T=2, absolute::outputs/post/transfer/lightning_logs/version_0/checkpoints/<best>.ckpt" \\
         --direct outputs/post/direct/prompts/prompt_tuning --out outputs/post/results.json
 """
 
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--large", default="smollm2-135m", help="the large model L")
     parser.add_argument("--small", required=True, help="the small model S (folder)")
     parser.add_argument("--source-prompt", required=True, help="S's tuned prompt (PEFT folder or .ckpt)")
-    parser.add_argument("--other-source", nargs="+", default=[], metavar="LABEL=PATH",
-                        help="more prompts of S (e.g. tuned with DP-SGD), each as label=path")
-    parser.add_argument("--transferred", nargs="+", default=[], metavar="LABEL=PATH",
-                        help="transferred prompts of L (.ckpt or PEFT folder), each as label=path")
+    parser.add_argument("--other-source", nargs="+", default=[], metavar="LABEL::PATH",
+                        help="more prompts of S (e.g. tuned with DP-SGD), each as label::path")
+    parser.add_argument("--transferred", nargs="+", default=[], metavar="LABEL::PATH",
+                        help="transferred prompts of L (.ckpt or PEFT folder), each as label::path")
     parser.add_argument("--direct", help="L's prompt tuned directly on the task (PEFT folder or .ckpt)")
     parser.add_argument("--out", default="outputs/post/results.json")
     parser.add_argument("--task", default="chain_sum")
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
                                                              embeddings=source.prompt_embeddings)),
     ]
     for item in args.other_source:
-        label, _, path = item.partition("=")
+        label, _, path = item.partition("::")
         rows.insert(3, (f"S + P_S ({label})", small, load_prompt(path, small)))
     for item in args.transferred:
-        label, _, path = item.partition("=")
+        label, _, path = item.partition("::")
         rows.append((f"L + transferred ({label})", large, load_prompt(path, large)))
     if args.direct:
         rows.append(("L + P_L tuned on the task (upper bound)", large, load_prompt(args.direct, large)))
