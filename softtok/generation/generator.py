@@ -41,7 +41,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from softtok.generation.cache import ROW_SELECTABLE_LAYERS, restore_cache, snapshot_cache
 from softtok.generation.config import MODES, GenerationConfig
-from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
+from softtok.generation.prefill import PrefillBuilder, cache_argument, plain_prefill, prefill_logits
 from softtok.generation.stops import StreamMatcher
 from softtok.generation.swir import EntropySwitch
 from softtok.soft.embedding import SoftEmbedding, embed_dense
@@ -227,6 +227,7 @@ class SoftThinkingGenerator:
         mixer: Mixer | None = None,
     ) -> None:
         self.model = model
+        self._cache_argument = cache_argument(model)
         self.tokenizer = tokenizer
         self.config = config = config or GenerationConfig()
         self.think_end_ids = encode_think_end(tokenizer, config.think_end)
@@ -401,7 +402,7 @@ class SoftThinkingGenerator:
         """The model step on ``inputs`` ``[B, D]`` at each row's position; next-token logits ``[B, V]``."""
         mask = s["mask"] if kv_length is None else s["mask"][:, :kv_length]
         out = self.model(inputs_embeds=inputs[:, None], attention_mask=mask, position_ids=s["position"][:, None],
-                         cache=cache, use_cache=True)
+                         use_cache=True, **{self._cache_argument: cache})
         return out.logits[:, -1]
 
     def _decode_step(self, s: dict[str, torch.Tensor], logits: torch.Tensor, cache,  # noqa: ANN001

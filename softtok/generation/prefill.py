@@ -8,6 +8,8 @@ in the cache) without the generator knowing which kind it is.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +38,24 @@ class Prefill:
     logits: torch.Tensor | None = None
 
 
+@functools.cache
+def _cache_argument_of(model_type: type) -> str:
+    parameters = inspect.signature(model_type.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The keyword that hands a KV cache to ``model.forward``.
+
+    transformers renamed ``past_key_values`` to ``cache`` during the 5.x series (5.24 takes
+    ``cache`` and warns on the old name, to be removed in 5.40; 5.17 takes only
+    ``past_key_values`` and silently drops an unknown ``cache`` into ``**kwargs``, so the cache
+    would stay empty). A peft wrapper is read through its base model.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_argument_of(type(base))
+
+
 def prefill_logits(model: PreTrainedModel, prefill: Prefill) -> torch.Tensor:
     """Run the first forward of ``prefill`` (unless its builder already did): next-token logits ``[B, V]``.
 
@@ -46,7 +66,7 @@ def prefill_logits(model: PreTrainedModel, prefill: Prefill) -> torch.Tensor:
         return prefill.logits
     out = model(
         inputs_embeds=prefill.inputs_embeds, attention_mask=prefill.attention_mask,
-        position_ids=prefill.position_ids, cache=prefill.cache, use_cache=True, logits_to_keep=1,
+        position_ids=prefill.position_ids, use_cache=True, logits_to_keep=1, **{cache_argument(model): prefill.cache},
     )
     return out.logits[:, -1]
 

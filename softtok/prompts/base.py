@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 
-from softtok.generation.prefill import Prefill
+from softtok.generation.prefill import Prefill, cache_argument
 from softtok.prompts._arch import ModelInfo, supports_logits_to_keep
 from softtok.prompts.config import PromptConfig
 
@@ -177,8 +177,8 @@ class SoftPrompt(nn.Module):
                 inputs_embeds=injected.inputs_embeds,
                 attention_mask=injected.attention_mask,
                 position_ids=injected.position_ids,
-                cache=injected.cache,
                 use_cache=injected.cache is not None,
+                **{cache_argument(model): injected.cache},
                 **kwargs,
             )
 

@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from softtok.generation.cache import check_rows_removable
-from softtok.generation.prefill import PrefillBuilder, plain_prefill, prefill_logits
+from softtok.generation.prefill import PrefillBuilder, cache_argument, plain_prefill, prefill_logits
 
 
 def eos_ids(model: PreTrainedModel, tokenizer=None) -> set[int]:  # noqa: ANN001
@@ -76,7 +76,7 @@ def greedy_generate(
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         logits = model(
             inputs_embeds=embed(tokens)[:, None], attention_mask=mask, position_ids=positions[:, None],
-            cache=cache, use_cache=True,
+            use_cache=True, **{cache_argument(model): cache},
         ).logits[:, -1]
         positions = positions + 1
     return results

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from softtok.generation.prefill import positions_from_mask
+from softtok.generation.prefill import cache_argument, positions_from_mask
 from softtok.prompts._arch import ModelInfo, decoder_layers
 from softtok.prompts.base import Injected, SoftPrompt, eval_mode
 from softtok.prompts.config import PrefixTuningConfig
@@ -42,7 +42,7 @@ def model_kv(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     """The keys and values ``model`` caches for one sequence ``ids`` ``[P]``: ``[L, 2, H_kv, P, hd]`` fp32."""
     cache = DynamicCache(config=model.config)
     with eval_mode(model):
-        model(input_ids=ids[None], cache=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids[None], use_cache=True, logits_to_keep=1, **{cache_argument(model): cache})
     return torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers]).float()
 
 
