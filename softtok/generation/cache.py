@@ -126,3 +126,9 @@ def restore_cache(cache: Cache, snapshot: CacheSnapshot) -> None:
     for layer, state in snapshot.layers:
         vars(layer).clear()
         vars(layer).update({name: _restore_value(value, clone) for name, (value, clone) in state.items()})
+
+
+def kv_bytes(cache: Cache) -> int:
+    """Bytes held by every key and value tensor of ``cache`` (the KV-cache size, in bytes)."""
+    return sum(t.numel() * t.element_size() for layer in cache.layers
+               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if isinstance(t, torch.Tensor))
