@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from softtok.answers import check_answer
-from softtok.data.loading import EpochShuffleSampler, ResumableDataLoader, batches_done
+from softtok.data.loading import SplitLoaders
 from softtok.data.solutions import SOLVERS, worked_solution
 
 IGNORE_INDEX = -100
@@ -75,7 +75,7 @@ def load_tokenizer(name_or_path: str | PreTrainedTokenizerBase) -> PreTrainedTok
     return tokenizer
 
 
-class InstructDataModule(LightningDataModule):
+class InstructDataModule(SplitLoaders, LightningDataModule):
     """Tokenised instruction/answer batches with loss on the answer only.
 
     Args:
@@ -290,29 +290,6 @@ class InstructDataModule(LightningDataModule):
     def dataset(self, split: str) -> ListDataset:
         """The encoded examples of a split."""
         return ListDataset([{**self.encode(r), "split": split} for r in self.records[split]])
-
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        data = self.dataset(split)
-        if not len(data):
-            raise ValueError(f"the {split!r} split is empty (set its size or file)")
-        if not train:
-            return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=self.collate,
-                              num_workers=self.num_workers)
-        sampler = EpochShuffleSampler(len(data), self.seed) if self.shuffle else None
-        return ResumableDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
-                                   num_workers=self.num_workers, skip=batches_done(self.trainer))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     # --------------------------------------------------------------- scoring
     def score(self, record: dict[str, Any], prediction: str | None, split: str = "") -> bool:

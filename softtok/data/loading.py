@@ -64,3 +64,36 @@ def batches_done(trainer: Any) -> int:
     if trainer is None or not trainer.fit_loop.restarting:
         return 0
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+class SplitLoaders:
+    """The four dataloaders of a LightningDataModule whose splits are encoded lists.
+
+    The class using it provides ``dataset(split)``, ``collate``, ``batch_size``,
+    ``eval_batch_size``, ``num_workers``, ``seed``, ``shuffle`` and ``trainer``. Training
+    batches are shuffled per epoch (:class:`EpochShuffleSampler`) and skip what a resumed fit
+    already did (:func:`batches_done`); evaluation batches keep the split's order.
+    """
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        data = self.dataset(split)
+        if not len(data):
+            raise ValueError(f"the {split!r} split is empty (set its size or file)")
+        if not train:
+            return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=self.collate,
+                              num_workers=self.num_workers)
+        sampler = EpochShuffleSampler(len(data), self.seed) if self.shuffle else None
+        return ResumableDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
+                                   num_workers=self.num_workers, skip=batches_done(self.trainer))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")

@@ -30,11 +30,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from softtok.data.instruct import IGNORE_INDEX, SPLIT_STRIDE, SPLITS, ListDataset, _check_int, load_tokenizer
-from softtok.data.loading import EpochShuffleSampler, ResumableDataLoader, batches_done
+from softtok.data.loading import SplitLoaders
 
 #: Placeholder for the context inside the rendered chat (split on it, never tokenised).
 _CONTEXT_MARK = "\x00CONTEXT\x00"
@@ -117,7 +116,7 @@ def answer_correct(generation: str, reference: str) -> bool:
     return f" {normalize(reference)} " in f" {normalize(first)} "
 
 
-class LongContextQADataModule(LightningDataModule):
+class LongContextQADataModule(SplitLoaders, LightningDataModule):
     """Tokenised long-context QA batches with the context span marked.
 
     A batch holds:
@@ -280,26 +279,6 @@ class LongContextQADataModule(LightningDataModule):
     def dataset(self, split: str) -> ListDataset:
         """The encoded examples of a split."""
         return ListDataset([self.encode(r) for r in self.records[split]])
-
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
-        data = self.dataset(split)
-        if not len(data):
-            raise ValueError(f"the {split!r} split is empty (set {split}_size)")
-        if not train:
-            return DataLoader(data, batch_size=self.eval_batch_size, collate_fn=self.collate,
-                              num_workers=self.num_workers)
-        sampler = EpochShuffleSampler(len(data), self.seed) if self.shuffle else None
-        return ResumableDataLoader(data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
-                                   num_workers=self.num_workers, skip=batches_done(self.trainer))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
     def score(self, record: dict[str, Any], generation: str) -> bool:
         """:func:`answer_correct` of a generation against the record's answer."""
