@@ -13,8 +13,9 @@ tuned prompt, on **public** data:
   results page only; nothing is selected on it.
 
 :class:`TransferDataModule` enforces the split: training and validation batches come from
-its ``public`` datamodule, test and predict batches from ``task``; it never builds the
-task's training or validation split.
+its ``public`` datamodule, test and predict batches from ``task``; it never asks the
+task for training or validation batches (a reasoning-gym task still generates its training
+questions, only to keep them out of its test split).
 """
 
 from __future__ import annotations
