@@ -151,7 +151,8 @@ def test_transfer_recipe_runs_on_tiny_models(model_dir, tokenizer, files, tmp_pa
         "--model.init_args.prompt.init_args.n_virtual=3", "--model.init_args.prompt.init_args.init=random",
         f"{public[0]}={model_dir}", f"{public[1]}=jsonl", f"{public[2]}={files['public_train']}",
         f"{public[3]}={files['public_val']}", f"{task[0]}={model_dir}", f"{task[1]}=jsonl",
-        f"{task[2]}={files['task']}", "--trainer.max_steps=2", "--trainer.val_check_interval=1",
+        f"{task[2]}={files['task']}", "--data.init_args.task.init_args.target=answer",
+        "--trainer.max_steps=2", "--trainer.val_check_interval=1",
         "--trainer.logger=false", f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu",
         "--data.init_args.public.init_args.batch_size=4",
     ]
@@ -159,7 +160,13 @@ def test_transfer_recipe_runs_on_tiny_models(model_dir, tokenizer, files, tmp_pa
     assert cli(["validate", *args]).trainer.callback_metrics["val/transfer_loss"].item() < 1e-6
     fit = cli(["fit", *args])
     assert {"train/transfer_loss", "val/transfer_loss"} <= set(fit.trainer.callback_metrics)
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    # `softtok test --ckpt_path`: the checkpoint (prompt only) parses back and the task split is scored.
+    test = cli(["test", *args, f"--ckpt_path={last}"])
+    assert "test/exact_match" in test.trainer.callback_metrics
+    saved = torch.load(last, weights_only=True)["state_dict"]["prompt.prompt_embeddings"]
+    assert torch.equal(test.model.prompt.prompt_embeddings, saved)  # the tested prompt is the checkpoint's
 
 
 def test_example_runs_on_a_tiny_model(model_dir, capsys):
