@@ -332,3 +332,29 @@ def test_example_runs_on_a_tiny_model():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "concept embeddings" in result.stdout
 
+
+
+def test_save_never_deletes_other_files(tmp_path):
+    compressor = SegmentCompressor(CompressionConfig(segment_len=4, ratio=2, lora_r=2), tiny_model("llama"))
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an empty folder or a saved compressor"):
+        compressor.save(folder)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file.ckpt").write_text("x")
+    with pytest.raises(FileExistsError):
+        compressor.save(tmp_path / "file.ckpt")
+    compressor.save(tmp_path / "saved")
+    compressor.save(tmp_path / "saved")  # replacing a saved compressor is allowed
+    assert not SegmentCompressor.load(tmp_path / "saved", tiny_model("llama")).training  # loaded for inference
+
+
+def test_compressor_refuses_a_model_it_was_not_built_on():
+    """Two models each with a compressor: neither compressor runs on the other's model (another LoRA)."""
+    config = CompressionConfig(segment_len=4, ratio=2, lora_r=2)
+    model_a, model_b = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    compressor_a = SegmentCompressor(config, model_a)
+    SegmentCompressor(config, model_b)
+    with pytest.raises(ValueError, match="does not hold the compressor's adapter"):
+        compressor_a.compress(model_b, [5, 6, 7, 8, 9])

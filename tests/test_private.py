@@ -67,9 +67,14 @@ def test_noise_is_calibrated_to_the_target_epsilon(tokenizer):
 
 def test_bad_settings():
     for kwargs, match in [({"target_epsilon": 0}, "target_epsilon"), ({"max_grad_norm": -1}, "max_grad_norm"),
-                          ({"delta": 1.5}, "delta"), ({"noise_multiplier": -0.1}, "noise_multiplier")]:
+                          ({"delta": 1.5}, "delta"), ({"noise_multiplier": -0.1}, "noise_multiplier"),
+                          ({"max_grad_norm": float("inf")}, "finite"), ({"target_epsilon": float("inf")}, "finite")]:
         with pytest.raises(ValueError, match=match):
             DPConfig(**kwargs)
     param = torch.nn.Parameter(torch.zeros(2))
+    # delta defaults strictly below 1 / n, also when n is a power of ten
+    dp = DPPromptOptimizer([param], torch.optim.SGD([param], lr=1), DPConfig(), batch_size=8, dataset_size=1000,
+                           steps=10)
+    assert dp.delta == 1e-4
     with pytest.raises(ValueError, match="dataset_size"):
         DPPromptOptimizer([param], torch.optim.SGD([param], lr=1), DPConfig(), batch_size=8, dataset_size=4, steps=1)

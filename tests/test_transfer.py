@@ -162,6 +162,20 @@ def test_feature_mask_and_bad_options(tokenizer):
             transfer_loss(model, prompt, model, prompt, ids, mask, labels, **kwargs)
     with pytest.raises(ValueError, match="needs labels"):
         transfer_loss(model, prompt, model, prompt, ids, mask, None, positions="answer")
+    with pytest.raises(ValueError, match="temperature=inf"):
+        transfer_loss(model, prompt, model, prompt, ids, mask, labels, temperature=float("inf"))
+    with pytest.raises(ValueError, match="selects no position"):  # every label -100: nothing to match
+        transfer_loss(model, prompt, model, prompt, ids, mask, torch.full_like(labels, -100), positions="answer")
+
+
+def test_selection_metric_does_not_depend_on_the_batch_size(tokenizer):
+    small, large = tiny_model("llama", seed=1), tiny_model("llama", seed=2)
+    source, target = prompt_for(small, tokenizer, 0), prompt_for(large, tokenizer, 1)
+    ids, mask, labels = batch(tokenizer, ("1+2=3", "a much longer row 45", "7"))
+    rows = [{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1], "labels": labels[i:i + 1]} for i in range(3)]
+    whole = [{"input_ids": ids, "attention_mask": mask, "labels": labels}]
+    assert mean_transfer_loss(large, target, small, source, rows) == pytest.approx(
+        mean_transfer_loss(large, target, small, source, whole), rel=1e-5)
 
 
 def test_different_tokenizers_are_refused(tokenizer):
@@ -185,6 +199,9 @@ def test_prompt_of_another_hidden_size_is_refused(tokenizer, tmp_path):
         load_prompt(folder, wider)
     with pytest.raises(FileNotFoundError, match="no prompt"):
         load_prompt(tmp_path / "missing", model)
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt.ckpt"):
+        load_prompt(tmp_path / "corrupt.ckpt", model)
 
 
 # ----------------------------------------------------------------- keep_layers

@@ -9,7 +9,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import tiny_model, tiny_tokenizer
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from softtok.callbacks import SavePretrained
 from softtok.cli import cli
@@ -100,6 +100,11 @@ def test_transfer_module_checks_and_init(tokenizer):
         PromptTransferModule.from_models(model, tokenizer, model, tokenizer, source_prompt, variant="relative")
     with pytest.raises(ValueError, match="source_model"):
         PromptTransferModule(PromptTuningConfig(n_virtual=3, init="random"), model="smollm2-135m")
+    wide = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=64,
+                                                        num_hidden_layers=2, num_attention_heads=4,
+                                                        num_key_value_heads=2))
+    with pytest.raises(ValueError, match="source prompt"):  # a prompt of another width, also without init_from_source
+        PromptTransferModule.from_models(model, tokenizer, wide, tokenizer, source_prompt, init_from_source=False)
     different = tiny_tokenizer()
     different.add_tokens(["<new>"])
     with pytest.raises(ValueError, match="one tokenizer"):

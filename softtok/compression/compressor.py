@@ -36,6 +36,7 @@ module's parameters (and ``state_dict``) are the LoRA weights and the head only.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -61,8 +62,10 @@ if TYPE_CHECKING:
     from softtok.compression.cache import SegmentCache
     from softtok.compression.prefill import CompressedContext
 
-#: Adapter names are ``ADAPTER_PREFIX + "<n>"``, unique per model (several compressors may share one model).
+#: Adapter names are ``ADAPTER_PREFIX + "<n>"`` with ``n`` unique in the process, so several compressors can
+#: share one model and a compressor never finds an adapter of its name in a model it was not built on.
 ADAPTER_PREFIX = "softtok_compressor_"
+_ADAPTER_IDS = itertools.count()
 WEIGHTS_FILE = "compressor.safetensors"
 CONFIG_FILE = "compressor_config.json"
 FORMAT = "softtok-compressor"
@@ -142,9 +145,9 @@ class SegmentCompressor(nn.Module):
         self.eos_id = eos_token_id(model)
         taken = {name for module in model.modules() if isinstance(module, BaseTunerLayer)
                  for name in getattr(module, "lora_A", {})}
-        n = 0
+        n = next(_ADAPTER_IDS)
         while f"{ADAPTER_PREFIX}{n}" in taken:
-            n += 1
+            n = next(_ADAPTER_IDS)
         self.adapter_name = f"{ADAPTER_PREFIX}{n}"
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=config.target_modules, bias="none")
@@ -361,14 +364,22 @@ class SegmentCompressor(nn.Module):
         """Write LoRA + head weights (safetensors) and config + model shapes (JSON) into ``folder``, atomically.
 
         The files are written into a temporary folder beside ``folder`` and renamed into place
-        (:func:`softtok.models.replace_folder`); an existing ``folder`` is replaced.
+        (:func:`softtok.models.replace_folder`). An existing ``folder`` is replaced only if it
+        is empty or holds a saved compressor (nothing else is ever deleted).
 
         Returns:
             The folder written.
+
+        Raises:
+            FileExistsError: ``folder`` is a file, or a folder with other contents.
         """
         from softtok.models import replace_folder
 
         target = Path(folder).expanduser()
+        if target.exists() and not (target.is_dir() and (not any(target.iterdir())
+                                                          or (target / CONFIG_FILE).is_file())):
+            raise FileExistsError(f"{str(target)!r} exists and is not an empty folder or a saved compressor; "
+                                  "save into a new folder (nothing was written)")
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         os.chmod(tmp, 0o755)
@@ -404,6 +415,8 @@ class SegmentCompressor(nn.Module):
     def load(cls, folder: str | Path, model: PreTrainedModel) -> SegmentCompressor:
         """Build a compressor on ``model`` (injecting a fresh LoRA) and load the weights saved in ``folder``.
 
+        Returns the compressor in eval mode (ready for inference and a segment cache).
+
         Raises:
             FileNotFoundError: No saved compressor in ``folder``.
             ValueError: It was saved for a model of other shapes.
@@ -418,4 +431,4 @@ class SegmentCompressor(nn.Module):
             raise ValueError(f"{folder!s}: saved weights {sorted(set(state) ^ set(mine))[:6]} do not match this "
                              "compressor's (another target_modules or architecture?)")
         compressor.load_state_dict({k: v.to(mine[k].device, mine[k].dtype) for k, v in state.items()})
-        return compressor
+        return compressor.eval()

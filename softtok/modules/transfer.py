@@ -31,9 +31,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softtok.data.instruct import InstructDataModule
 from softtok.modules.soft_prompt import _PRELOADED, SoftPromptModule
+from softtok.prompts._arch import ModelInfo
 from softtok.prompts.base import SoftPrompt
 from softtok.prompts.config import PromptConfig
-from softtok.prompts.transfer import check_same_tokenizer, check_transfer_options, load_prompt, transfer_loss
+from softtok.prompts.transfer import (
+    check_same_tokenizer,
+    check_transfer_options,
+    feature_mask,
+    load_prompt,
+    transfer_loss,
+)
 
 # The source (model, tokenizer, prompt) handed to `from_model`, read once by __init__.
 _SOURCE: ContextVar[tuple[PreTrainedModel, PreTrainedTokenizerBase, SoftPrompt] | None] = ContextVar(
@@ -101,8 +108,10 @@ class PromptTransferModule(SoftPromptModule):
             from softtok.models import load_tokenizer
 
             check_same_tokenizer(load_tokenizer(source_model), load_tokenizer(model))  # before loading weights
-        elif _PRELOADED.get() is not None:
-            check_same_tokenizer(source[1], _PRELOADED.get()[1])
+        else:
+            source[2].info.check_compatible(ModelInfo.from_model(source[0]), "the source prompt")
+            if _PRELOADED.get() is not None:
+                check_same_tokenizer(source[1], _PRELOADED.get()[1])
         super().__init__(prompt, model=model, dtype=dtype, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, max_new_tokens=max_new_tokens, match=match)
         if source is None:
@@ -172,7 +181,8 @@ class PromptTransferModule(SoftPromptModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Held-out **public** transfer loss: the selection metric (no task data, no decoding)."""
         size = batch["input_ids"].shape[0]
-        self.val_transfer.update(self.transfer_loss(batch), weight=size)
+        positions = feature_mask(batch["attention_mask"], batch.get("labels"), self.options["positions"]).sum()
+        self.val_transfer.update(self.transfer_loss(batch), weight=positions)  # the mean over every position
         self.log("val/transfer_loss", self.val_transfer, prog_bar=True, batch_size=size)
 
 

@@ -44,7 +44,8 @@ class DPConfig:
     Attributes:
         target_epsilon: Privacy budget epsilon over the whole run (the noise is calibrated to it);
             ignored when ``noise_multiplier`` is given. POST reports epsilon = 8.
-        delta: The delta of (epsilon, delta)-DP; ``None``: ``1 / dataset_size`` rounded down to a power of 10.
+        delta: The delta of (epsilon, delta)-DP; ``None``: the largest power of 10 strictly below
+            ``1 / dataset_size`` (1e-3 for 480 examples, 1e-4 for 1,000).
         max_grad_norm: Per-example L2 clipping bound ``C``.
         noise_multiplier: Noise standard deviation over ``C``; ``None``: computed from ``target_epsilon``.
     """
@@ -57,8 +58,8 @@ class DPConfig:
     def __post_init__(self) -> None:
         for name in ("target_epsilon", "max_grad_norm"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name}={value!r} must be a number > 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"{name}={value!r} must be a finite number > 0")
         if self.delta is not None and not 0 < self.delta < 1:
             raise ValueError(f"delta={self.delta!r} must be in (0, 1)")
         if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
@@ -91,7 +92,7 @@ class DPPromptOptimizer:
             raise ValueError(f"dataset_size={dataset_size!r} must be >= batch_size={batch_size}")
         self.params = [p for p in params if p.requires_grad]
         self.sample_rate = batch_size / dataset_size
-        self.delta = config.delta if config.delta is not None else 10.0 ** -math.ceil(math.log10(dataset_size))
+        self.delta = config.delta if config.delta is not None else 10.0 ** -(math.floor(math.log10(dataset_size)) + 1)
         if config.noise_multiplier is None:
             self.noise_multiplier = get_noise_multiplier(target_epsilon=config.target_epsilon, target_delta=self.delta,
                                                          sample_rate=self.sample_rate, steps=steps, accountant="rdp")

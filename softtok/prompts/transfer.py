@@ -31,6 +31,7 @@ fed to both.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -55,8 +56,8 @@ def check_transfer_options(loss: str, temperature: float, variant: str, position
                                  ("positions", positions, POSITIONS), ("features", features, FEATURES)):
         if value not in allowed:
             raise ValueError(f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature={temperature!r} must be a number > 0")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
 
 
 def check_same_tokenizer(source: PreTrainedTokenizerBase, target: PreTrainedTokenizerBase) -> None:
@@ -90,7 +91,13 @@ def load_prompt(path: str | os.PathLike, model: PreTrainedModel) -> SoftPrompt:
     if path.is_dir():
         prompt = load_peft_adapter(path, model)
     elif path.is_file():
-        prompt = prompt_from_checkpoint(path)
+        try:
+            prompt = prompt_from_checkpoint(path)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as err:  # a corrupt or foreign file: torch's unpickling errors
+            raise ValueError(f"{str(path)!r} is not a readable softtok prompt checkpoint ({type(err).__name__}: "
+                             f"{str(err)[:200]})") from None
     else:
         raise FileNotFoundError(f"no prompt at {str(path)!r} (expected a softtok .ckpt or a PEFT adapter folder)")
     prompt.info.check_compatible(ModelInfo.from_model(model), f"the prompt {str(path)!r}")
@@ -203,6 +210,9 @@ def transfer_loss(
     """
     check_transfer_options(loss, temperature, variant, positions, features_kind)
     keep = feature_mask(attention_mask, labels, positions)
+    if not bool(keep.any()):
+        raise ValueError(f"positions={positions!r} selects no position of this batch (no real token, or no "
+                         "labelled one): there is nothing to match")
     with torch.no_grad():
         source = features(source_model, source_prompt, input_ids, attention_mask, keep, features_kind)
         if variant == "shift":
@@ -230,17 +240,20 @@ def mean_transfer_loss(
     batches: Iterable[dict[str, torch.Tensor]],
     **options: object,
 ) -> float:
-    """The checkpoint-selection metric: mean :func:`transfer_loss` over held-out **public** batches.
+    """The checkpoint-selection metric: :func:`transfer_loss` over held-out **public** batches.
 
-    Each batch is weighted by its number of sequences. ``options`` are :func:`transfer_loss`'s
+    Each batch is weighted by its number of matched positions, so the result is the mean over
+    every position of the split, whatever the batch size. ``options`` are :func:`transfer_loss`'s
     keyword options. Never pass private task data here: selecting on it leaks the task.
     """
     total, count = 0.0, 0
     for batch in batches:
         value = transfer_loss(target_model, target_prompt, source_model, source_prompt, batch["input_ids"],
                               batch["attention_mask"], batch.get("labels"), **options)
-        total += value.item() * batch["input_ids"].shape[0]
-        count += batch["input_ids"].shape[0]
+        weight = int(feature_mask(batch["attention_mask"], batch.get("labels"),
+                                  str(options.get("positions", "all"))).sum())
+        total += value.item() * weight
+        count += weight
     if count == 0:
         raise ValueError("mean_transfer_loss got no batches (the held-out public split is empty)")
     return total / count
