@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -44,19 +43,10 @@ from softtok.compression.prefill import truncate_context
 from softtok.data.long_context import LongContextQADataModule, answer_correct
 from softtok.generation.cache import kv_bytes
 from softtok.generation.prefill import plain_prefill, prefill_logits
+from softtok.metrics import wilson_interval
 from softtok.prompts.generate import eos_ids, greedy_generate
 
 CONDITIONS = ("full", "compressed", "mean_pool", "truncated", "no_context")
-
-
-def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95% by default)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def condition_inputs(name: str, batch: dict[str, Any], ratio: int, segment_len: int, pad: int,
@@ -153,7 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             times.append(time.perf_counter() - t0)
                     kvs.append(kv_bytes(pre.cache))
             n, k = len(correct), sum(correct)
-            low, high = wilson(k, n)
+            low, high = wilson_interval(k, n)
             results[name] = {"accuracy": k / n, "correct": k, "n": n, "wilson95": [low, high],
                              "mean_positions": statistics.fmean(positions), "ttft_s": statistics.median(times),
                              "kv_bytes": statistics.fmean(kvs)}

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 import warnings
@@ -45,6 +44,7 @@ import torch
 from softtok.answers import extract_answer
 from softtok.data.instruct import InstructDataModule
 from softtok.generation.prefill import plain_prefill
+from softtok.metrics import wilson_interval
 from softtok.prompts import (
     IAPTConfig,
     PrefixTuningConfig,
@@ -215,23 +215,14 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
         result["eval_s"] = time.time() - eval_start
     n, k = len(correct), sum(correct)
     result.update(
-        n_test=n, correct=k, accuracy=k / n, ci95=wilson(k, n), total_s=time.time() - start,
+        n_test=n, correct=k, accuracy=k / n, ci95=[round(x, 4) for x in wilson_interval(k, n)],
+        total_s=time.time() - start,
         examples=[{"question": r["question"], "answer": r["answer"], "output": t}
                   for r, t in zip(dm.records["test"][:8], texts[:8], strict=True)],
         outputs=texts, correct_ids=[i for i, ok in enumerate(correct) if ok],
         settings={k: v for k, v in vars(args).items() if k not in ("methods", "report", "compare", "errors")},
     )
     return result
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson 95% interval of a binomial proportion."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
 def report(out: Path, plot: Path) -> str:

@@ -10,20 +10,11 @@ mean Jensen-Shannon divergences, and draws the entropy and top-k weight plots.
 from __future__ import annotations
 
 import argparse
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from softtok.callbacks import read_jsonl
-from softtok.metrics import pass_at_k
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion ``k / n``."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from softtok.metrics import pass_at_k, wilson_interval
 
 
 def accuracy_table(runs: dict[str, list[dict]], times: dict[str, float]) -> str:
@@ -34,7 +25,7 @@ def accuracy_table(runs: dict[str, list[dict]], times: dict[str, float]) -> str:
             continue
         task, mode = name.split("_", 1)
         n, k = len(records), sum(r["correct"] for r in records)
-        low, high = wilson(k, n)
+        low, high = wilson_interval(k, n)
         think = sum(r["think_tokens"] for r in records) / n
         ends = "/".join(f"{sum(r['think_end'] == e for r in records) / n:.2f}" for e in ("eos", "think_end", "budget"))
         lines.append(f"| {records[0]['task']} | {mode} | {n} | {k / n:.3f} | [{low:.3f}, {high:.3f}] | {think:.1f} "

@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from soft_prompt_results import SYSTEM_PROMPT, data, evaluate_softtok, wilson  # noqa: E402
+from soft_prompt_results import SYSTEM_PROMPT, data, evaluate_softtok  # noqa: E402
 
 from softtok.generation.prefill import plain_prefill  # noqa: E402
+from softtok.metrics import wilson_interval  # noqa: E402
 from softtok.models import load_model  # noqa: E402
 from softtok.prompts import ModelInfo, PromptTuning  # noqa: E402
 from softtok.prompts.transfer import load_prompt  # noqa: E402
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             texts, correct = evaluate_softtok(model, tok, dm, prefill, args.max_new_tokens)
         k, n = sum(correct), len(correct)
-        results.append({"label": label, "correct": k, "n": n, "accuracy": k / n, "ci95": wilson(k, n),
+        results.append({"label": label, "correct": k, "n": n, "accuracy": k / n, "ci95": wilson_interval(k, n),
                         "eval_s": round(time.time() - start, 1), "examples": texts[:4]})
         print(f"{label}: {k}/{n} = {100 * k / n:.1f}% ({time.time() - start:.0f} s)", flush=True)
     out = Path(args.out)

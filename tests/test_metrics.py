@@ -194,3 +194,17 @@ def test_soft_thinking_metrics_sync_under_ddp(tmp_path):
     assert results[0]["num_samples"] == 6 and results[0]["num_problems"] == 3
     assert results[0]["pass@1"] == pytest.approx(0.5)
     assert results[0]["pass@2"] == pytest.approx(1.0)
+
+
+def test_wilson_interval_against_hand_values():
+    """18 of 200 (the soft-prompt page's zero-shot row: 5.8-13.8%), and the edges."""
+    from softtok.metrics import wilson_interval
+
+    low, high = wilson_interval(18, 200)
+    # p = 0.09, z = 1.96: centre (0.09 + 1.9208 / 200) / (1 + 3.8416 / 200) = 0.097727,
+    # half 1.96 * sqrt(0.09 * 0.91 / 200 + 3.8416 / 160000) / 1.019208 = 0.040041.
+    assert round(low, 4) == 0.0577 and round(high, 4) == 0.1378  # by hand: 0.097727 -+ 0.040041
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="correct=11"):
+        wilson_interval(11, 10)

@@ -18,16 +18,8 @@ from transformers import PreTrainedModel
 from softtok.compression.compressor import SegmentCompressor
 from softtok.compression.prefill import IGNORE_INDEX, splice_context
 from softtok.distill import kl_distillation
-from softtok.prompts._arch import supports_logits_to_keep
-
-
-def _answer_logits(model: PreTrainedModel, labels: torch.Tensor, **inputs: Any) -> torch.Tensor:
-    """Logits ``[N, V]`` at the positions that predict a labelled token (row-major order)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    if supports_logits_to_keep(model):
-        return model(**inputs, logits_to_keep=keep).logits
-    return model(**inputs).logits[keep]
+from softtok.prompts._arch import kept_logits
+from softtok.prompts.base import answer_positions
 
 
 def distillation_loss(compressor: SegmentCompressor, model: PreTrainedModel, batch: dict[str, Any]) -> torch.Tensor:
@@ -56,7 +48,10 @@ def distillation_loss(compressor: SegmentCompressor, model: PreTrainedModel, bat
     spliced = splice_context(model, compressor, batch["input_ids"], batch["attention_mask"], batch["context_mask"],
                              labels=labels, padding="right")
     with torch.no_grad():
-        teacher = _answer_logits(model, labels, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    student = _answer_logits(model, spliced.labels, inputs_embeds=spliced.inputs_embeds,
-                             attention_mask=spliced.attention_mask, position_ids=spliced.position_ids)
+        teacher = kept_logits(lambda **kw: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                 **kw), model, answer_positions(labels))
+    student = kept_logits(lambda **kw: model(inputs_embeds=spliced.inputs_embeds,
+                                             attention_mask=spliced.attention_mask,
+                                             position_ids=spliced.position_ids, **kw),
+                          model, answer_positions(spliced.labels))
     return kl_distillation(student, teacher.detach(), temperature=1.0)

@@ -7,8 +7,10 @@ GQA key/value heads, an explicit ``head_dim``) lives in one place.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -99,3 +101,15 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
 def supports_logits_to_keep(model: PreTrainedModel) -> bool:
     """Whether ``model.forward`` accepts ``logits_to_keep`` (then logits are only computed where needed)."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def kept_logits(forward: Callable[..., object], model: PreTrainedModel, keep: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``[N, V]`` at the ``N`` positions where ``keep`` ``[B, T]`` is true (row-major order).
+
+    ``forward(**kwargs)`` runs ``model`` on the batch. Where the model takes ``logits_to_keep``
+    with a boolean mask, only the kept positions are projected onto the vocabulary (no ``[B, T, V]``
+    tensor); otherwise the full logits are computed and selected.
+    """
+    if supports_logits_to_keep(model):
+        return forward(logits_to_keep=keep).logits
+    return forward().logits[keep]

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Cache, DynamicCache, PreTrainedModel
 
 from softtok.generation.prefill import Prefill, cache_argument
-from softtok.prompts._arch import ModelInfo, supports_logits_to_keep
+from softtok.prompts._arch import ModelInfo, kept_logits
 from softtok.prompts.config import PromptConfig
 
 IGNORE_INDEX = -100
@@ -226,16 +226,20 @@ def causal_lm_loss(prompt: SoftPrompt, model: PreTrainedModel, injected: Injecte
     if labels is None:
         raise ValueError("causal_lm_loss needs labels")
     targets = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = targets != IGNORE_INDEX
-    if supports_logits_to_keep(model):
-        logits = prompt.model_forward(model, injected, logits_to_keep=keep).logits  # [N, V]
-    else:  # older architectures: full logits, then select
-        logits = prompt.model_forward(model, injected).logits[keep]
+    logits = kept_logits(lambda **kw: prompt.model_forward(model, injected, **kw), model,
+                         answer_positions(labels))  # [N, V]
     target = targets[targets != IGNORE_INDEX]
     if target.numel() == 0:  # nothing labelled: a zero that still has a graph (DDP needs one)
         return logits.sum() * 0.0 + sum(p.sum() for p in prompt.parameters()) * 0.0
     return F.cross_entropy(logits.float(), target)
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` boolean mask of the positions whose *next* token is labelled (``!= -100``): where a
+    causal LM's logits predict the answer."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
 
 
 def default_instruction_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -41,8 +41,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from softtok.distill import kl_distillation, mse_distillation
 from softtok.generation.prefill import positions_from_mask
-from softtok.prompts._arch import ModelInfo, supports_logits_to_keep
-from softtok.prompts.base import IGNORE_INDEX, Injected, SoftPrompt
+from softtok.prompts._arch import ModelInfo, kept_logits
+from softtok.prompts.base import Injected, SoftPrompt, answer_positions
 
 LOSSES = ("kl", "mse")
 FEATURES = ("logits", "hidden")
@@ -122,9 +122,7 @@ def feature_mask(
     if positions == "answer":
         if labels is None:
             raise ValueError("positions='answer' needs labels (public data with answers)")
-        keep = torch.zeros_like(real)
-        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        return keep
+        return answer_positions(labels)
     if positions == "last":
         index = torch.arange(real.shape[1], device=real.device)
         last = torch.where(real, index, -1).amax(-1)
@@ -165,9 +163,7 @@ def features(
         1, injected.text_index, keep)
     if kind == "hidden":
         return forward(output_hidden_states=True).hidden_states[-1][kept]
-    if supports_logits_to_keep(model):
-        return forward(logits_to_keep=kept).logits
-    return forward().logits[kept]
+    return kept_logits(forward, model, kept)
 
 
 def transfer_loss(
